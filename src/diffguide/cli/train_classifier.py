@@ -50,7 +50,7 @@ def command(**values):
         config = apply_options(ClassifierTrainConfig, values.pop("config_file"), values,
                                {**RUN_FIELDS, **CLASSIFIER_FIELDS})
         summary = train_classifier(config, values["out_dir"], device=values["device"], progress=values["progress"],
-                                   time_limit_s=values["time_limit"])
+                                   time_limit_s=values["time_limit"], fast=False if values["eager"] else None)
     except (ValueError, TypeError, FileNotFoundError) as err:
         _fail(err)
     print_train_summary(summary)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..accel import fast_module, fused_adamw, use_fast_path
 from ..adapter import ClassifierFree, Denoiser
 from ..calibration import SeededBatches, evaluate_calibration, plot_ece_over_timesteps, smooth_ece_loss
 from ..checkpoints import load_network, load_state_dict_checked, save_network
@@ -347,20 +348,22 @@ class _Run:
 
     def __init__(self, config, kind: str, model: nn.Module, objective: Objective, batches: ImageBatches,
                  out_dir: Path, *, rank: int, world: int, device: torch.device, progress: bool,
-                 time_limit_s: float | None):
+                 time_limit_s: float | None, fast: bool | None = None):
         self.config, self.kind, self.objective, self.batches = config, kind, objective, batches
         self.out, self.rank, self.world, self.device = out_dir, rank, world, device
         self.progress, self.time_limit_s = progress, time_limit_s
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.optim.ema_decay > 0 else None
-        self.net = self.model
+        self.fast = use_fast_path(fast, device)
+        net = self.model
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = fast_module(net, fast=self.fast)  # the forward/backward of training; checkpoints hold self.model's
         optim = config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                                           weight_decay=optim.weight_decay)
+        self.optimizer = fused_adamw(self.model.parameters(), fast=self.fast, lr=optim.lr, betas=tuple(optim.betas),
+                                     weight_decay=optim.weight_decay)
         self.autocast = optim.bf16 and device.type == "cuda"
         self.step = 0
         self.stopped_early = False
@@ -540,7 +543,7 @@ def _summary(run: _Run, records: list[dict], out: Path, extra: dict) -> dict:
 
 
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, device: str | None = None,
-          progress: bool = True, time_limit_s: float | None = None) -> dict:
+          progress: bool = True, time_limit_s: float | None = None, fast: bool | None = None) -> dict:
     """Train an ε-prediction diffusion model as ``config`` says; resume from ``out_dir/checkpoint.pt`` if present.
 
     Args:
@@ -551,6 +554,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
         device: default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. Under torchrun (WORLD_SIZE > 1) the
             run is data-parallel (NCCL on GPU, gloo on CPU).
         time_limit_s: stop (checkpoint, sample, release) once this much training time has passed.
+        fast: compiled network, channels-last, fused AdamW (:mod:`diffguide.accel`); default on CUDA only.
 
     Returns a summary dict: steps, first/last logged loss, steps_per_s, train_seconds, stopped_early, paths.
     """
@@ -571,7 +575,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
             return diffusion_training_loss(net, x, y, schedule, config.loss, num_classes, generator)
 
         run = _Run(config, "diffusion", model, objective, batches, out, rank=rank, world=world, device=dev,
-                   progress=progress, time_limit_s=time_limit_s)
+                   progress=progress, time_limit_s=time_limit_s, fast=fast)
         run.resume()
 
         def draw_samples(current: _Run) -> None:
@@ -622,7 +626,8 @@ def classifier_objective(schedule: NoiseSchedule, config: ClassifierTrainConfig)
 
 
 def train_classifier(config: ClassifierTrainConfig, out_dir: str | os.PathLike, *, dataset=None, eval_dataset=None,
-                     device: str | None = None, progress: bool = True, time_limit_s: float | None = None) -> dict:
+                     device: str | None = None, progress: bool = True, time_limit_s: float | None = None,
+                     fast: bool | None = None) -> dict:
     """Train a noise-aware classifier; then report accuracy and ECE per noise level on the eval split.
 
     ``dataset`` / ``eval_dataset`` as in :func:`train` (defaults: ``config.data`` with its split, and the same source
@@ -643,7 +648,7 @@ def train_classifier(config: ClassifierTrainConfig, out_dir: str | os.PathLike, 
                                device=dev, hflip=hflip)
         schedule = NoiseSchedule.create(config.schedule, None, config.num_train_timesteps)
         run = _Run(config, "classifier", model, classifier_objective(schedule, config), batches, out, rank=rank,
-                   world=world, device=dev, progress=progress, time_limit_s=time_limit_s)
+                   world=world, device=dev, progress=progress, time_limit_s=time_limit_s, fast=fast)
         run.resume()
         records = run.run()
         extra = {"class_names": getattr(data, "class_names", None), "weights": "ema" if run.ema is not None else "raw",

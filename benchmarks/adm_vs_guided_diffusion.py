@@ -1,0 +1,195 @@
+"""ADM-128 guided sampling: guided-diffusion's own ``p_sample`` against diffguide's DDPM, same weights, same GPU, one run.
+
+guided-diffusion runs from the checkout you pass (``--guided-diffusion``, a clone of openai/guided-diffusion; nothing
+of it is copied here) with its fp16 path (``convert_to_fp16``), as its ``classifier_sample.py`` does. diffguide loads
+the SAME random weights (guided-diffusion's state dicts) into its own ``UNetModel`` / ``EncoderUNetModel`` and runs
+bf16 autocast, eager and on the fast path (:mod:`diffguide.accel`). 250 respaced steps; the median of ``--measure``
+timed steps after ``--warmup`` (compilation happens in the warm-up and is reported apart).
+
+Rows: batch 64 and 16 × {no guidance, ADM-G noise-aware classifier on x_t (scale 1), and for diffguide an
+off-the-shelf torchvision ResNet-101 on x̂0 (EluCD, random weights)}.
+
+    python benchmarks/adm_vs_guided_diffusion.py --guided-diffusion /path/to/guided-diffusion \
+        --out benchmarks/results/adm128_vs_guided_diffusion_h200.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffguide import ClassifierGuidance, Guidance, SeededNoise, ddpm
+from diffguide.accel import fast_module
+from diffguide.checkpoints import NetworkConfig
+from diffguide.io import atomic_write_text
+from diffguide.nets import EncoderUNetModel, UNetModel
+
+ADM128 = dict(image_size=128, class_cond=True, learn_sigma=True, num_channels=256, num_res_blocks=2, channel_mult="",
+              num_heads=4, num_head_channels=-1, num_heads_upsample=-1, attention_resolutions="32,16,8", dropout=0.0,
+              use_checkpoint=False, use_scale_shift_norm=True, resblock_updown=True, use_fp16=True,
+              use_new_attention_order=False)
+CLASSIFIER128 = dict(image_size=128, classifier_use_fp16=True, classifier_width=128, classifier_depth=2,
+                     classifier_attention_resolutions="32,16,8", classifier_use_scale_shift_norm=True,
+                     classifier_resblock_updown=True, classifier_pool="attention")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _median_step(step_once, warmup: int, measure: int) -> tuple[float, float]:
+    """(median seconds per step, seconds of the warm-up steps) of ``step_once()`` (which synchronises)."""
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step_once()
+    warm = time.perf_counter() - started
+    times = []
+    for _ in range(measure):
+        t0 = time.perf_counter()
+        step_once()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), warm
+
+
+def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, device):
+    """guided-diffusion's p_sample at batch ``batch``, unguided and with its cond_fn; returns rows and state dicts."""
+    sys.path.insert(0, str(gd_path))
+    from guided_diffusion.script_util import create_classifier, create_gaussian_diffusion, create_model
+
+    torch.manual_seed(0)
+    model_args = {k: v for k, v in ADM128.items()}
+    model = create_model(**model_args).to(device)
+    classifier = create_classifier(**CLASSIFIER128).to(device)
+    states = {k: v.detach().clone() for k, v in model.state_dict().items()}, \
+        {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+    model.convert_to_fp16()
+    classifier.convert_to_fp16()
+    model.eval(), classifier.eval()
+    diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="linear",
+                                          timestep_respacing="250")
+    y = torch.randint(0, 1000, (batch,), device=device)
+
+    def cond_fn(x, t, y=None):
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_probs = F.log_softmax(classifier(x_in, t), dim=-1)
+            selected = log_probs[range(len(x)), y.view(-1)]
+            return torch.autograd.grad(selected.sum(), x_in)[0] * 1.0
+
+    rows = []
+    for guided in (False, True):
+        x = torch.randn(batch, 3, 128, 128, device=device)
+        state = {"i": 249}
+
+        def step_once():
+            t = torch.full((batch,), state["i"], device=device, dtype=torch.long)
+            with torch.no_grad():
+                diffusion.p_sample(model, x, t, clip_denoised=True, cond_fn=cond_fn if guided else None,
+                                   model_kwargs={"y": y})
+            state["i"] -= 1
+            torch.cuda.synchronize()
+
+        seconds, warm = _median_step(step_once, warmup, measure)
+        rows.append(dict(code="guided-diffusion fp16", batch=batch, guidance="ADM-G" if guided else "none",
+                         ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250), warmup_s=warm))
+        print(rows[-1], flush=True)
+    del model, classifier
+    return rows, states
+
+
+def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet101: bool):
+    unet_kwargs = dict(NetworkConfig.from_preset("imagenet128").kwargs)
+    classifier_kwargs = dict(NetworkConfig.from_preset("imagenet128-classifier").kwargs)
+    with torch.device(device):
+        unet = UNetModel(**unet_kwargs).eval().requires_grad_(False)
+        adm_classifier = EncoderUNetModel(**classifier_kwargs).eval().requires_grad_(False)
+    unet.load_state_dict(states[0])
+    adm_classifier.load_state_dict(states[1])
+    guides = {"none": None, "ADM-G": ("x_t", adm_classifier)}
+    if resnet101:
+        from diffguide.classifiers import torchvision_classifier
+
+        guides["ResNet-101 on x0"] = ("x0", torchvision_classifier("resnet101", weights=None, device=device)
+                                      .with_preprocess(size=None))
+    config = NetworkConfig(kind="UNetModel", kwargs=unet_kwargs, schedule="linear", learn_sigma=True)
+    rows = []
+    for fast in (False, True):
+        net = fast_module(unet, fast=fast)
+        denoiser = config.denoiser(net, "250")
+        for name, guide in guides.items():
+            guidance = None
+            if guide is not None:
+                on, module = guide
+                guidance = Guidance(classifier=ClassifierGuidance(module, on=on, scale=1.0))
+            noise = SeededNoise(0, range(batch), (3, 128, 128), device=device)
+            labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
+            stamps = []
+
+            def callback(record):
+                torch.cuda.synchronize()
+                stamps.append(time.perf_counter())
+                if len(stamps) == warmup + measure + 1:
+                    raise _Stop
+
+            started = time.perf_counter()
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    ddpm(denoiser, noise, labels, guidance=guidance, callback=callback)
+            except _Stop:
+                pass
+            steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
+            seconds = statistics.median(steps)
+            rows.append(dict(code=f"diffguide bf16 {'fast' if fast else 'eager'}", batch=batch, guidance=name,
+                             ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250),
+                             warmup_s=stamps[warmup] - started))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--guided-diffusion", type=Path, required=True, help="a checkout of openai/guided-diffusion")
+    parser.add_argument("--batches", default="64,16", help="comma-separated batch sizes")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--measure", type=int, default=10, help="timed steps (the median is reported)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON output path")
+    args = parser.parse_args(argv)
+    if not (args.guided_diffusion / "guided_diffusion" / "script_util.py").is_file():
+        raise SystemExit(f"--guided-diffusion: {args.guided_diffusion} is not a guided-diffusion checkout "
+                         "(no guided_diffusion/script_util.py)")
+    if not torch.cuda.is_available():
+        raise SystemExit("this benchmark needs a CUDA GPU (guided-diffusion's fp16 path)")
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        gd_rows, states = guided_diffusion_rows(args.guided_diffusion, batch, args.warmup, args.measure, device)
+        rows += gd_rows
+        rows += diffguide_rows(states, batch, args.warmup, args.measure, device, resnet101=batch == 64)
+        torch.cuda.empty_cache()
+    baseline = {(r["batch"], r["guidance"]): r["images_per_s"] for r in rows if r["code"].startswith("guided")}
+    for r in rows:
+        base = baseline.get((r["batch"], r["guidance"]))
+        r["speedup_vs_guided_diffusion"] = r["images_per_s"] / base if base else None
+    result = dict(benchmark="adm128_vs_guided_diffusion", device_name=torch.cuda.get_device_name(device),
+                  torch=torch.__version__, steps=250, warmup=args.warmup, measure=args.measure, rows=rows)
+    print(f"\nADM-128, 250 steps, {result['device_name']}, torch {torch.__version__}")
+    print(f"{'code':<24} {'batch':>5} {'guidance':<18} {'ms/step':>9} {'img/s':>7} {'vs GD':>6} {'warm-up s':>9}")
+    for r in rows:
+        speed = f"{r['speedup_vs_guided_diffusion']:.2f}" if r["speedup_vs_guided_diffusion"] else "-"
+        print(f"{r['code']:<24} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
+              f"{r['images_per_s']:>7.3f} {speed:>6} {r['warmup_s']:>9.1f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""CIFAR-scale throughput, eager against the fast path, side by side in one process: training, sampling, FID features.
+
+- train: the 17.2M-parameter CIFAR-10 configuration of the base model (``--model``'s ``train_config.json``; random
+  uint8 images of CIFAR's shape, so no data set is needed), steps/s and images/s over the logged intervals after the
+  first (which holds compilation), at batch 128 and ``--big-batch``.
+- sample: that model (its weights from ``--model`` when given, else random), DDIM-50, CFG w = 1 with the learned null
+  label, ``--num-samples`` images; images/s after a warm-up batch, and the warm-up (compile) time separately.
+- fid: the FID Inception network (``--inception``) on ``--num-images`` random 32x32 images, exact fp32 (TF32 off).
+
+    python benchmarks/cifar_throughput.py --model ../shared/assets/diffusion/cifar10-cond-17m-v0 \
+        --inception ../shared/assets/inception/inception-2015-12-05-fid-features.pt --out benchmarks/results/cifar_h200.json
+    python benchmarks/cifar_throughput.py --model M --tiny --out /tmp/cifar.json      # a quick CPU check of the script
+
+Prints a table per section and writes JSON (atomically) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from diffguide.accel import fast_module
+from diffguide.adapter import ClassifierFree
+from diffguide.checkpoints import load_network
+from diffguide.guidance import Guidance
+from diffguide.io import atomic_write_text
+from diffguide.sampling import generate
+from diffguide.train import TrainConfig, train
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+TINY_NET = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2],
+            "num_head_channels": 32, "use_scale_shift_norm": True, "resblock_updown": True}
+
+
+def bench_train(model_dir: Path, *, batch: int, steps: int, interval: int, fast: bool, device,
+                tiny: bool = False) -> dict:
+    """Steps/s of the real training loop (``diffguide.train``) on random CIFAR-shaped data."""
+    data = json.loads((model_dir / "train_config.json").read_text())
+    if tiny:
+        data["net"]["adm_kwargs"] = TINY_NET
+    data.update(steps=steps, log_every=interval, checkpoint_every=10**9, sample_every=0, samples_per_class=1,
+                sample_steps=2)
+    data["optim"]["batch_size"] = batch
+    config = TrainConfig.from_dict(data)
+    rng = np.random.default_rng(0)
+    n = max(4 * batch, 2048)
+    dataset = SimpleNamespace(images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                              labels=np.arange(n) % 10, class_names=[f"c{k}" for k in range(10)])
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        train(config, out, dataset=dataset, device=str(device), progress=False, fast=fast)
+        wall = time.perf_counter() - started
+        records = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    rates = [r["steps_per_s"] for r in records[1:]]
+    steps_per_s = float(np.median(rates))
+    return dict(section="train", fast=fast, batch=batch, steps_per_s=steps_per_s, images_per_s=steps_per_s * batch,
+                first_interval_s=interval / records[0]["steps_per_s"], wall_s=wall)
+
+
+def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: bool, device) -> dict:
+    """Images/s of DDIM-50 with CFG w = 1 (one batched [cond, null] forward per step)."""
+    net, config = load_network(model_dir, device=device)
+    net = fast_module(net.eval().requires_grad_(False), fast=fast)
+    null = config.extra["null_label"]
+    denoiser = config.denoiser(net, "ddim50")
+    guidance = Guidance(cfg=ClassifierFree(w=1.0, null_label=null))
+    kwargs = dict(image_shape=(3, 32, 32), guidance=guidance, sampler="ddim", batch_size=batch, bf16=True,
+                  progress=False, device=str(device))
+    labels = np.arange(num_samples) % 10
+    started = time.perf_counter()
+    generate(denoiser, num_samples=batch, labels=labels[:batch], seed=1, **kwargs)  # warm-up: compilation
+    _sync(device)
+    warmup = time.perf_counter() - started
+    started = time.perf_counter()
+    generate(denoiser, num_samples=num_samples, labels=labels, seed=0, **kwargs)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return dict(section="sample", fast=fast, batch=batch, num_samples=num_samples, images_per_s=num_samples / seconds,
+                seconds=seconds, warmup_s=warmup)
+
+
+def bench_fid(inception: Path, *, num_images: int, batch: int, device) -> dict:
+    from diffguide.metrics import InceptionFeatures
+
+    images = np.random.default_rng(0).integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8)
+    features = InceptionFeatures(inception, device=device, batch_size=batch)
+    features(images[:batch])
+    _sync(device)
+    started = time.perf_counter()
+    out = features(images)
+    _sync(device)
+    seconds = time.perf_counter() - started
+    return dict(section="fid", batch=batch, num_images=num_images, images_per_s=num_images / seconds,
+                feature_checksum=float(np.abs(out).sum()))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="the CIFAR-10 base model's release folder")
+    parser.add_argument("--inception", type=Path, help="FID Inception TorchScript file (omit to skip the fid section)")
+    parser.add_argument("--sections", default="train,sample,fid", help="comma-separated subset of train,sample,fid")
+    parser.add_argument("--train-steps", type=int, default=600, help="training steps per variant")
+    parser.add_argument("--big-batch", type=int, default=512, help="the second training batch size")
+    parser.add_argument("--num-samples", type=int, default=10_000, help="images per sampling variant")
+    parser.add_argument("--sample-batch", type=int, default=2500, help="sampling batch size of the fast path")
+    parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
+    parser.add_argument("--tiny", action="store_true", help="a few steps and images: a CPU check of the script")
+    parser.add_argument("--out", type=Path, required=True, help="JSON output path")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tiny:
+        args.train_steps, args.big_batch, args.num_samples, args.sample_batch, args.num_images = 6, 16, 8, 4, 8
+    sections = set(args.sections.split(","))
+    rows = []
+    if "train" in sections:
+        interval = max(args.train_steps // 6, 1)
+        for batch, fast in ((8 if args.tiny else 128, False), (8 if args.tiny else 128, True), (args.big_batch, True)):
+            rows.append(bench_train(args.model, batch=batch, steps=args.train_steps, interval=interval,
+                                    fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
+            print(rows[-1], flush=True)
+    if "sample" in sections:
+        for batch, fast in ((256 if not args.tiny else 4, False), (args.sample_batch, False),
+                            (args.sample_batch, True)):
+            rows.append(bench_sample(args.model, num_samples=args.num_samples, batch=batch,
+                                     fast=fast and device.type == "cuda", device=device))
+            print(rows[-1], flush=True)
+    if "fid" in sections and args.inception:
+        for batch in ((64, 250, 500) if not args.tiny else (4,)):
+            rows.append(bench_fid(args.inception, num_images=args.num_images, batch=batch, device=device))
+            print(rows[-1], flush=True)
+    result = dict(benchmark="cifar_throughput", device=str(device), torch=torch.__version__,
+                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", rows=rows)
+    print(f"\n{result['device_name']}, torch {torch.__version__}")
+    print(f"{'section':<7} {'fast':<5} {'batch':>6} {'images/s':>10}  notes")
+    for r in rows:
+        notes = {"train": lambda: f"{r['steps_per_s']:.1f} steps/s, first interval {r['first_interval_s']:.0f} s",
+                 "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s",
+                 "fid": lambda: f"{r['num_images']} images"}[r["section"]]()
+        print(f"{r['section']:<7} {str(r.get('fast', '-')):<5} {r['batch']:>6} {r['images_per_s']:>10.1f}  {notes}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

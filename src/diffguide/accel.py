@@ -1,0 +1,56 @@
+"""The fast path on a GPU: compiled networks in channels-last memory, fused optimisers, cuDNN autotuning.
+
+Every default command takes it on CUDA without a flag and falls back to plain eager PyTorch on the CPU (where
+compiling costs more time than it saves at this project's sizes). ``--eager`` on the commands (``fast=False`` in the
+Python API) turns every optimisation off. What changes is the order of floating-point operations, never the
+computation: compiled and eager results agree within the rounding of the precision they run in (tests/unit/test_accel.py
+states the bound).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch import nn
+
+__all__ = ["use_fast_path", "fast_module", "fused_adamw", "cudnn_autotune"]
+
+
+def use_fast_path(fast: bool | None, device: torch.device | str) -> bool:
+    """Whether to take the fast path: ``fast`` when given, else on CUDA devices only; ``DIFFGUIDE_EAGER=1`` forces it off."""
+    if os.environ.get("DIFFGUIDE_EAGER", "") not in ("", "0"):
+        return False
+    if fast is not None:
+        return bool(fast)
+    return torch.device(device).type == "cuda"
+
+
+def fast_module(module: nn.Module, *, fast: bool, mode: str | None = None) -> nn.Module:
+    """``module`` in channels-last memory, compiled with ``torch.compile`` (static shapes) when ``fast``; else itself.
+
+    The compiled module shares parameters with ``module`` and forwards attribute access to it (``.config``,
+    ``.null_label``…), so it drops in wherever the module was used. ``mode``: a ``torch.compile`` mode (default: its
+    default; "max-autotune-no-cudagraphs" searches kernels longer for a few % more)."""
+    if not fast:
+        return module
+    module = module.to(memory_format=torch.channels_last)
+    return torch.compile(module, dynamic=False, mode=mode)
+
+
+def fused_adamw(params, *, fast: bool, **kwargs) -> torch.optim.AdamW:
+    """AdamW; on the fast path its fused CUDA kernel (one launch for all parameters instead of one per tensor group)."""
+    return torch.optim.AdamW(params, fused=True if fast else None, **kwargs)
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool = True):
+    """cuDNN picks the fastest convolution algorithm per shape (first call of a shape pays for the search). It never
+    changes the precision: TF32 stays as the caller set it."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or saved
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
