@@ -13,6 +13,7 @@ diffusers is a test dependency (README set-up, .ci/run): a plain import, so a mi
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import diffusers
 import numpy as np
@@ -37,10 +38,17 @@ def tiny_unet(seed: int = 0, out_channels: int = 3, **extra) -> UNet2DModel:
                        **extra).double().eval().requires_grad_(False)
 
 
+def config_of(scheduler) -> dict:
+    """The scheduler's config as ``scheduler_config.json`` holds it (with its ``_class_name``; diffusers' in-memory
+    record of which fields took defaults left out)."""
+    fields = {k: v for k, v in scheduler.config.items() if k != "_use_default_values"}
+    return {"_class_name": type(scheduler).__name__, **fields}
+
+
 def adapt(unet: UNet2DModel, scheduler, **class_options) -> tuple[DiffusersUNet, DiffusersConfig]:
     """What load_diffusers builds, from objects in memory."""
     learned = unet.config.out_channels == 2 * unet.config.in_channels
-    mapping = SchedulerMapping(dict(scheduler.config), "test", learned_variance=learned)
+    mapping = SchedulerMapping(config_of(scheduler), "test", learned_variance=learned)
     num_classes = class_options.get("num_classes")
     net = DiffusersUNet(unet, mapping.alphas_cumprod, mapping.prediction_type, **class_options)
     return net, DiffusersConfig(mapping=mapping, kwargs={"in_channels": 3, "out_channels": unet.config.out_channels,
@@ -118,12 +126,12 @@ def test_beta_schedules_are_diffusers_float32_tables_and_match_diffguide_closed_
     for name, betas in closed.items():
         extra = {"beta_start": 0.00085, "beta_end": 0.012} if name == "scaled_linear" else {}
         scheduler = DDPMScheduler(beta_schedule=name, **extra)
-        schedule = SchedulerMapping(dict(scheduler.config)).schedule(None)
+        schedule = SchedulerMapping(config_of(scheduler)).schedule(None)
         np.testing.assert_allclose(schedule.alphas_cumprod, scheduler.alphas_cumprod.double().numpy(), rtol=1e-12)
         np.testing.assert_allclose(schedule.betas, betas, rtol=0, atol=3e-7)
         np.testing.assert_allclose(schedule.alphas_cumprod, np.cumprod(1 - betas), rtol=1e-4)
     trained = np.linspace(1e-3, 0.3, 20)
-    schedule = SchedulerMapping(dict(DDPMScheduler(num_train_timesteps=20, trained_betas=trained.tolist()).config)).schedule(None)
+    schedule = SchedulerMapping(config_of(DDPMScheduler(num_train_timesteps=20, trained_betas=trained.tolist()))).schedule(None)
     np.testing.assert_allclose(schedule.betas, trained, rtol=0, atol=3e-7)
 
 
@@ -137,7 +145,7 @@ def test_timestep_spacing_and_offset_become_the_kept_original_timesteps(spacing,
     """set_timesteps(10) over T = 1000: leading k·100 + offset, trailing round(1000 − k·100) − 1, linspace
     round(k·999/9); the respaced β'_i = 1 − ᾱ_{t_i}/ᾱ_{t_{i−1}} (ADM's respacing)."""
     scheduler = DDPMScheduler(timestep_spacing=spacing, steps_offset=offset)
-    schedule = SchedulerMapping(dict(scheduler.config)).schedule(10)
+    schedule = SchedulerMapping(config_of(scheduler)).schedule(10)
     assert schedule.timesteps.tolist() == expected
     full = scheduler.alphas_cumprod.double().numpy()
     np.testing.assert_allclose(schedule.alphas_cumprod, full[expected], rtol=1e-12)
@@ -195,3 +203,184 @@ def test_unguided_samples_equal_ddpm_and_ddim_pipelines():
         out = sampler(config.denoiser(net, 25), FixedNoise(x_T, torch.stack(noise)), **kwargs).samples
         ours = (out / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
         assert np.abs(ours - theirs).max() / np.abs(theirs).max() < TOL
+
+
+# --- what is refused --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler, field", [
+    (DDPMScheduler(beta_schedule="sigmoid"), "beta_schedule"),
+    (DDPMScheduler(thresholding=True), "thresholding"),
+    (DDPMScheduler(rescale_betas_zero_snr=True), "rescale_betas_zero_snr"),
+    (DDPMScheduler(clip_sample_range=2.0), "clip_sample_range"),
+    (DDPMScheduler(variance_type="fixed_large_log"), "variance_type"),
+    (DDPMScheduler(variance_type="learned"), "variance_type"),
+    (DDPMScheduler(variance_type="learned_range"), "variance_type"),  # a 3-channel network has no variance output
+    (DDIMScheduler(set_alpha_to_one=False), "set_alpha_to_one"),
+    (diffusers.PNDMScheduler(), "_class_name"),
+])
+def test_unmappable_scheduler_fields_are_refused_by_name(scheduler, field):
+    with pytest.raises(ValueError, match=rf"^test: {field}="):
+        SchedulerMapping(config_of(scheduler), "test")
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"prediction_type": "flow"}, "prediction_type"),
+    ({"timestep_spacing": "karras"}, "timestep_spacing"),
+])
+def test_unknown_field_values_are_refused_by_name(config, field):
+    with pytest.raises(ValueError, match=rf"^test: {field}="):
+        SchedulerMapping({**config_of(DDPMScheduler()), **config}, "test")
+
+
+@pytest.mark.parametrize("scheduler, steps, message", [
+    (DDIMScheduler(timestep_spacing="trailing"), 30, "goes from timestep 966 to 933"),  # 999, 966, 932: 33 then 34
+    (DDIMScheduler(timestep_spacing="linspace"), 10, "goes from timestep 999 to 899"),  # 999/9 = 111 ≠ 1000//10
+    (DDPMScheduler(timestep_spacing="trailing", variance_type="fixed_large"), 10, "ends at timestep 99 > 0"),
+    (DDPMScheduler(), 1001, r"in \[1, 1000\]"),
+])
+def test_timesteps_diffguide_cannot_step_between_are_refused(scheduler, steps, message):
+    mapping = SchedulerMapping(config_of(scheduler), "test")
+    with pytest.raises(ValueError, match=rf"^steps: .*{message}"):
+        mapping.schedule(steps)
+
+
+def test_diffguide_respacings_of_a_diffusers_schedule_stay_available():
+    """'ddimN' and 'a,b,c' are diffguide's own respacings (ADM's), applied to the diffusers training schedule."""
+    mapping = SchedulerMapping(config_of(DDPMScheduler()), "test")
+    assert mapping.schedule("ddim10").timesteps.tolist() == list(range(0, 1000, 100))
+    assert mapping.schedule("2,2").timesteps.tolist() == [0, 499, 500, 999]
+
+
+# --- guidance on diffusers models -------------------------------------------------------------------------------------
+
+LABELS = torch.tensor([0, 2])
+T_STEP, T_NEXT = 150, 50  # a middle noise level (ᾱ_150 ≈ 0.79, sqrt(1 − ᾱ) ≈ 0.46), so every factor shows
+
+
+class LinearClassifier(torch.nn.Module):
+    """logits f = (W·x + b)·(1 + t/1000) (on x_t; the t factor checks that it sees original timesteps) or W·x + b
+    (on x̂0): gradients in closed form."""
+
+    def __init__(self, noise_aware: bool):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.W = torch.randn(3, math.prod(SHAPE[1:]), generator=g, dtype=torch.float64) * 0.1
+        self.b = torch.randn(3, generator=g, dtype=torch.float64)
+        self.noise_aware = noise_aware
+
+    def scale(self, t):
+        return (1 + t.double() / 1000)[:, None] if self.noise_aware else 1.0
+
+    def forward(self, x, t=None):
+        return (x.flatten(1) @ self.W.T + self.b) * self.scale(t)
+
+    def log_likelihood_gradient(self, x, labels, t=None, tau1=1.0, tau2=1.0):
+        """∇_x [τ1 f_y − logsumexp(τ2 f)] = c·(τ1 W_y − τ2 Σ_k softmax(τ2 f)_k W_k), c the t factor."""
+        c = self.scale(t)
+        p = torch.softmax(tau2 * self(x, t), dim=1)
+        return (c * (tau1 * self.W[labels] - tau2 * p @ self.W)).reshape(x.shape)
+
+
+def guided_first_step(sampler, net, config, guidance, labels=LABELS, x=None):
+    """x after diffguide's first step from x at T_STEP (schedule T_STEP → T_NEXT), and the step noise it used."""
+    x = replayed_noise(13, 0)[0] if x is None else x
+    z = replayed_noise(14, 0)[0]
+    seen = []
+    sampler(config.denoiser(net, [T_NEXT, T_STEP]), FixedNoise(x, torch.stack([z, z])), labels, guidance=guidance,
+            callback=lambda r: seen.append(r.x_t.clone()))
+    return x, z, seen[1]
+
+
+def ddim_scheduler_step(eps, x):
+    scheduler = DDIMScheduler(clip_sample=False)
+    scheduler.set_timesteps(10)  # T//N = 100: its step from 150 goes to 50
+    return scheduler.step(eps, T_STEP, x).prev_sample, float(scheduler.alphas_cumprod[T_STEP])
+
+
+def test_noise_aware_classifier_guidance_under_ddim_is_the_score_shift():
+    """ε̃ = ε − sqrt(1 − ᾱ_t)·s·∇_x log p(y | x_t, t), then diffusers' own DDIM step on ε̃."""
+    unet, s = tiny_unet(), 4.0
+    net, config = adapt(unet, DDIMScheduler(clip_sample=False))
+    classifier = LinearClassifier(noise_aware=True)
+    guidance = Guidance(classifier=ClassifierGuidance(classifier, on="x_t", scale=s))
+    x, _, ours = guided_first_step(ddim, net, config, guidance)
+    t = torch.full((2,), T_STEP)
+    eps = unet(x, t).sample
+    alpha_bar = DDIMScheduler().alphas_cumprod[T_STEP].double()
+    eps_guided = eps - torch.sqrt(1 - alpha_bar) * s * classifier.log_likelihood_gradient(x, LABELS, t)
+    expected, _ = ddim_scheduler_step(eps_guided, x)
+    unguided, _ = ddim_scheduler_step(eps, x)
+    assert relative_error(expected, unguided) > 1e-2  # the shift is large enough to see
+    assert relative_error(ours, expected) < TOL
+
+
+def test_noise_aware_classifier_guidance_under_ddpm_shifts_the_mean_by_sigma_times_gradient():
+    """x_{t'} = μ̃ + Σ·s·∇ log p(y | x_t, t) + sqrt(Σ)·z (ADM's condition_mean), μ̃ + sqrt(Σ)·z from diffusers' step."""
+    unet, s = tiny_unet(), 4.0
+    scheduler = DDPMScheduler(clip_sample=False)
+    net, config = adapt(unet, scheduler)
+    classifier = LinearClassifier(noise_aware=True)
+    x, z, ours = guided_first_step(ddpm, net, config, Guidance(classifier=ClassifierGuidance(classifier, on="x_t",
+                                                                                            scale=s)))
+    scheduler.set_timesteps(timesteps=[T_STEP, T_NEXT])
+    generator = torch.Generator().manual_seed(14)  # replays z
+    t = torch.full((2,), T_STEP)
+    unguided = scheduler.step(unet(x, t).sample, T_STEP, x, generator=generator).prev_sample
+    variance = scheduler._get_variance(T_STEP).double()
+    expected = unguided + variance * s * classifier.log_likelihood_gradient(x, LABELS, t)
+    assert relative_error(ours, expected) < TOL
+
+
+def test_off_the_shelf_classifier_guidance_on_x0_is_the_score_shift():
+    """On x̂0 (EluCD): ε̃ = ε − sqrt(1 − ᾱ_t)·s·∇_{x̂0}[τ1 f_y − logsumexp(τ2 f)](x̂0), τ1 = 1, τ2 = 0.5 (the default)."""
+    unet, s = tiny_unet(), 2.0
+    net, config = adapt(unet, DDIMScheduler(clip_sample=False))
+    classifier = LinearClassifier(noise_aware=False)
+    guidance = Guidance(classifier=ClassifierGuidance(classifier, on="x0", scale=s, softplus_beta=None))
+    x, _, ours = guided_first_step(ddim, net, config, guidance)
+    eps = unet(x, torch.full((2,), T_STEP)).sample
+    alpha_bar = DDIMScheduler().alphas_cumprod[T_STEP].double()
+    x0 = (x - torch.sqrt(1 - alpha_bar) * eps) / torch.sqrt(alpha_bar)
+    grad = classifier.log_likelihood_gradient(x0, LABELS, tau1=1.0, tau2=0.5)
+    expected, _ = ddim_scheduler_step(eps - torch.sqrt(1 - alpha_bar) * s * grad, x)
+    assert relative_error(ours, expected) < TOL
+
+
+@pytest.mark.parametrize("objective", ["tilted", "entropy", "reverse_kl", "forward_kl", "js", "hellinger"])
+def test_every_objective_guides_a_diffusers_model_by_its_own_gradient(objective):
+    """The other objectives: the same score shift, with ∇J taken by autograd of the objective at x̂0 (s = 30, so that
+    each objective's step differs from the baseline's by > 1e-3 relative: a swapped objective fails)."""
+    unet, s = tiny_unet(), 30.0
+    net, config = adapt(unet, DDIMScheduler(clip_sample=False))
+    classifier = LinearClassifier(noise_aware=False)
+    guidance = Guidance(classifier=ClassifierGuidance(classifier, on="x0", scale=s, softplus_beta=None,
+                                                      objective=make_objective(objective)))
+    x, _, ours = guided_first_step(ddim, net, config, guidance)
+    eps = unet(x, torch.full((2,), T_STEP)).sample
+    alpha_bar = DDIMScheduler().alphas_cumprod[T_STEP].double()
+    x0 = ((x - torch.sqrt(1 - alpha_bar) * eps) / torch.sqrt(alpha_bar)).requires_grad_(True)
+    step = SimpleNamespace(i=1, num_steps=2, num_train_timesteps=1000)  # the first of two steps
+    (grad,) = torch.autograd.grad(make_objective(objective)(classifier(x0), LABELS, step).sum(), x0)
+    expected, _ = ddim_scheduler_step(eps - torch.sqrt(1 - alpha_bar) * s * grad, x)
+    assert relative_error(ours, expected) < TOL
+
+
+def test_classifier_free_guidance_on_a_class_conditional_diffusers_model():
+    """ε̃ = (1 + w)·ε(x, y) − w·ε(x, ∅), ∅ the named null label (the last class embedding)."""
+    unet, w = tiny_unet(num_class_embeds=4), 2.0
+    net, config = adapt(unet, DDIMScheduler(clip_sample=False), num_classes=3, null_label=3)
+    x, _, ours = guided_first_step(ddim, net, config, Guidance(cfg=ClassifierFree(w=w)))
+    t = torch.full((2,), T_STEP)
+    eps_c = unet(x, t, class_labels=LABELS).sample
+    eps_u = unet(x, t, class_labels=torch.full((2,), 3)).sample
+    expected, _ = ddim_scheduler_step((1 + w) * eps_c - w * eps_u, x)
+    assert relative_error(expected, ddim_scheduler_step(eps_c, x)[0]) > 1e-2
+    assert relative_error(ours, expected) < TOL
+
+
+def test_classifier_free_guidance_is_refused_without_a_null_label():
+    unet = tiny_unet(num_class_embeds=4)
+    net, config = adapt(unet, DDIMScheduler(clip_sample=False), num_classes=4)
+    with pytest.raises(ValueError, match="no null label"):
+        guided_first_step(ddim, net, config, Guidance(cfg=ClassifierFree(w=1.0)))

@@ -59,7 +59,7 @@ class SchedulerMapping:
         from diffusers import DDIMScheduler, DDPMScheduler
 
         self.source = source
-        self.class_name = config.get("_class_name", "DDPMScheduler")
+        self.class_name = config.get("_class_name")
         if self.class_name not in SCHEDULER_CLASSES:
             raise _refuse(source, "_class_name", self.class_name,
                           f"diffguide maps {' and '.join(SCHEDULER_CLASSES)} configs; save the model's training "
