@@ -233,10 +233,11 @@ def load_diffusers(model, scheduler=None, *, null_label: int | None = None, num_
                          f"({in_channels}, a prediction) or twice that (a prediction and a learned variance)")
     mapping = SchedulerMapping(_read_json(scheduler_file), str(scheduler_file),
                                learned_variance=out_channels == 2 * in_channels)
-    unet = diffusers.UNet2DModel.from_pretrained(str(model_dir)).eval()  # .bin files: torch.load(weights_only=True)
-    unet.requires_grad_(False)
-    net = DiffusersUNet(unet.to(device=device, dtype=dtype), mapping.alphas_cumprod, mapping.prediction_type,
-                        num_classes=classes, null_label=null)
+    # safetensors, or .bin files read with torch.load(weights_only=True) by diffusers
+    unet = diffusers.UNet2DModel.from_pretrained(str(model_dir), torch_dtype=dtype, low_cpu_mem_usage=False)
+    unet.eval().requires_grad_(False)
+    net = DiffusersUNet(unet.to(device), mapping.alphas_cumprod, mapping.prediction_type, num_classes=classes,
+                        null_label=null)
     size = unet_config["sample_size"]
     kwargs = {"in_channels": in_channels, "out_channels": out_channels, "num_classes": classes,
               "image_size": int(size[0] if isinstance(size, (list, tuple)) else size)}
