@@ -186,16 +186,15 @@ def test_unguided_samples_equal_ddpm_and_ddim_pipelines():
     """The pipelines draw x_T = randn(shape, generator) and then the step noises from the same generator, in the
     order replayed here; their output is (x/2 + 0.5).clamp(0, 1), NHWC."""
     unet = tiny_unet(3)
-    for pipe_cls, sched, sampler, kwargs in [
-        (DDPMPipeline, DDPMScheduler(prediction_type="v_prediction"), ddpm, {}),
-        (DDIMPipeline, DDIMScheduler(timestep_spacing="trailing"), ddim, {"eta": 0.5}),
+    for pipe_cls, sched, sampler, kwargs, pipe_kwargs in [
+        (DDPMPipeline, DDPMScheduler(prediction_type="v_prediction"), ddpm, {}, {}),
+        (DDIMPipeline, DDIMScheduler(timestep_spacing="trailing"), ddim, {"eta": 0.5},
+         {"eta": 0.5, "use_clipped_model_output": True}),
     ]:
         pipe = pipe_cls(unet=unet, scheduler=sched)
         pipe.set_progress_bar_config(disable=True)
         theirs = pipe(batch_size=2, generator=torch.Generator().manual_seed(5), num_inference_steps=25,
-                      output_type="np", use_clipped_model_output=True, **kwargs).images if pipe_cls is DDIMPipeline \
-            else pipe(batch_size=2, generator=torch.Generator().manual_seed(5), num_inference_steps=25,
-                      output_type="np").images
+                      output_type="np", **pipe_kwargs).images
         net, config = adapt(unet, pipe.scheduler)
         draws = 24 if sampler is ddpm else 25  # DDPM: no draw at t = 0; DDIM with η > 0: a draw every step
         x_T, noise = replayed_noise(5, draws)
