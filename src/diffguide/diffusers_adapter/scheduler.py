@@ -8,7 +8,7 @@ diffusers field            diffguide
 ``_class_name``            ``DDPMScheduler`` or ``DDIMScheduler`` (which step rule the timesteps are checked against)
 ``num_train_timesteps``    ``NoiseSchedule.num_train_timesteps``
 ``beta_schedule``          ``linear``, ``scaled_linear``, ``squaredcos_cap_v2`` (= diffguide's ``cosine``): the base
-``beta_start/beta_end``    schedule is diffusers' own float32 ᾱ table, so both libraries use the same ᾱ_t bit for bit
+``beta_start/beta_end``    schedule is diffusers' own float32 ᾱ table (β from its ratios in float64: the same ᾱ_t to 1e-12)
 ``trained_betas``          (explicit betas, same float32 rounding as diffusers)
 ``timestep_spacing``       ``leading`` / ``trailing`` / ``linspace``: ``set_timesteps(N)``'s timesteps become the kept
 ``steps_offset``           original timesteps of a respaced schedule (β'_i = 1 − ᾱ_{t_i}/ᾱ_{t_{i−1}}, as ADM respaces)
@@ -23,7 +23,9 @@ diffusers field            diffguide
 
 The step rules that make the mapping exact: diffusers' DDPM step goes from ``timesteps[k]`` to ``timesteps[k+1]``
 (``previous_timestep``) with exactly ADM's respaced posterior; its DDIM step goes from t to t − T//N, which is the next
-timestep it evaluates only when the timesteps are evenly spaced by T//N; other DDIM spacings are refused.
+timestep it evaluates only when the timesteps are evenly spaced by T//N; other DDIM spacings are refused. A DDPM
+spacing ending above timestep 0 is refused with ``fixed_large`` / ``learned_range`` variance: diffusers adds noise at
+that last step, diffguide returns the mean (with ``fixed_small`` diffusers' noise there has std 1e-10: equal).
 """
 
 from __future__ import annotations
