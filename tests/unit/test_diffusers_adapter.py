@@ -383,3 +383,17 @@ def test_classifier_free_guidance_is_refused_without_a_null_label():
     net, config = adapt(unet, DDIMScheduler(clip_sample=False), num_classes=4)
     with pytest.raises(ValueError, match="no null label"):
         guided_first_step(ddim, net, config, Guidance(cfg=ClassifierFree(w=1.0)))
+
+
+def test_schedule_respacing_by_an_explicit_timestep_list():
+    """schedule.py's list form, which carries diffusers' timesteps: kept as given (sorted); bad lists refused."""
+    from diffguide.schedule import NoiseSchedule, space_timesteps
+
+    assert space_timesteps(10, [7, 1, 3]) == [1, 3, 7]
+    base = named_betas("linear", 100)
+    schedule = NoiseSchedule.from_betas(base, [7, 1, 3])
+    np.testing.assert_allclose(schedule.alphas_cumprod, np.cumprod(1 - base)[[1, 3, 7]], rtol=1e-14)
+    assert schedule.to_dict()["spacing"] == "timesteps:7,1,3"
+    for bad in ([], [1, 1], [10], [-1], [1.5]):
+        with pytest.raises(ValueError, match="^spacing: "):
+            space_timesteps(10, bad)
