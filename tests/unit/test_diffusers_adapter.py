@@ -22,7 +22,7 @@ import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from diffguide import ClassifierFree, ClassifierGuidance, FixedNoise, Guidance, ddim, ddpm
-from diffguide.diffusers_adapter import DiffusersConfig, DiffusersUNet, SchedulerMapping, load_diffusers
+from diffguide.diffusers_adapter import DiffusersConfig, DiffusersUNet, SchedulerMapping
 from diffguide.guidance import make_objective
 from diffguide.schedule import named_betas
 
