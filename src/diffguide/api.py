@@ -19,6 +19,7 @@ from torch import nn
 
 from .adapter import ClassifierFree, Denoiser
 from .checkpoints import NetworkConfig, load_adm_checkpoint, load_network
+from .diffusers_adapter.model import is_diffusers_folder
 from .guidance import ClassifierGuidance, Guidance, make_objective, make_schedule
 from .sampling import SampleSet, class_labels, default_device, generate
 
@@ -71,8 +72,15 @@ class SampleSettings:
 
 
 def load_diffusion(model: str, preset: str | None = None, device="cpu") -> tuple[nn.Module, NetworkConfig]:
-    """A diffusion network and its config: a diffguide checkpoint folder, or a guided-diffusion ``.pt`` with ``preset``."""
+    """A diffusion network and its config: a diffguide checkpoint folder, a guided-diffusion ``.pt`` with ``preset``, or
+    a diffusers ``UNet2DModel`` / pipeline folder (:func:`diffguide.diffusers_adapter.load_diffusers`)."""
     path = Path(model)
+    if is_diffusers_folder(path):  # a diffusers UNet2DModel or pipeline folder (optional dependency)
+        if preset is not None:
+            raise ValueError(f"preset: {model!r} is a diffusers folder with its own config; drop --preset")
+        from .diffusers_adapter import load_diffusers
+
+        return load_diffusers(path, device=device)
     if path.is_dir():
         if preset is not None:
             raise ValueError(f"preset: {model!r} is a diffguide checkpoint folder with its own config; drop --preset")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -59,16 +60,19 @@ def named_betas(name: str, num_timesteps: int = 1000) -> np.ndarray:
 _SECTIONS = re.compile(r"^\d+(,\d+)*$")
 
 
-def space_timesteps(num_timesteps: int, spacing: str | int | None) -> list[int]:
+def space_timesteps(num_timesteps: int, spacing: str | int | Sequence[int] | None) -> list[int]:
     """The original timesteps kept by a respacing string, sorted ascending (ADM's ``space_timesteps``).
 
     - ``None`` or ``T``: all steps;
+    - a list or tuple of integers: exactly those original timesteps (e.g. a diffusers scheduler's ``timesteps``);
     - ``"N"``: N steps spread evenly (rounded) over ``0..T-1``;
     - ``"a,b,c"``: T split into equal sections, section k keeps its own count, spread evenly;
     - ``"ddimN"``: ``range(0, T, stride)`` for the integer stride that gives exactly N steps (DDIM's spacing).
     """
     if spacing is None:
         return list(range(num_timesteps))
+    if isinstance(spacing, (list, tuple)):
+        return _explicit_timesteps(num_timesteps, spacing)
     text = str(spacing).strip()
     if text.startswith("ddim"):
         count_text = text[len("ddim"):]
@@ -97,10 +101,27 @@ def space_timesteps(num_timesteps: int, spacing: str | int | None) -> list[int]:
     return sorted(set(steps))
 
 
+def _explicit_timesteps(num_timesteps: int, timesteps: Sequence[int]) -> list[int]:
+    """A list of kept original timesteps, checked: integers in [0, T), no repeats, at least one; sorted ascending."""
+    if not timesteps or not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in timesteps):
+        raise ValueError(f"spacing: expected a non-empty list of integer timesteps, got {list(timesteps)[:8]!r}")
+    keep = sorted(int(t) for t in timesteps)
+    if keep[0] < 0 or keep[-1] >= num_timesteps or len(set(keep)) != len(keep):
+        raise ValueError(f"spacing: expected distinct timesteps in [0, {num_timesteps}), got {list(timesteps)[:8]!r}")
+    return keep
+
+
 def _ddim_counts_near(num_timesteps: int, desired: int) -> str:
     valid = sorted({len(range(0, num_timesteps, s)) for s in range(1, num_timesteps)})
     near = sorted(valid, key=lambda c: abs(c - desired))[:3]
     return ", ".join(f"ddim{c}" for c in sorted(near))
+
+
+def _spacing_text(spacing) -> str:
+    """How ``to_dict`` records a spacing: the string itself, or ``'timesteps:a,b,…'`` for an explicit list."""
+    if isinstance(spacing, (list, tuple)):
+        return "timesteps:" + ",".join(str(int(t)) for t in spacing)
+    return str(spacing)
 
 
 @dataclass(frozen=True)
@@ -125,7 +146,8 @@ class NoiseSchedule:
         return cls.from_betas(base, spacing, name=name)
 
     @classmethod
-    def from_betas(cls, base_betas: np.ndarray, spacing: str | int | None = None, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(cls, base_betas: np.ndarray, spacing: str | int | Sequence[int] | None = None,
+                   name: str = "custom") -> "NoiseSchedule":
         base_betas = np.asarray(base_betas, dtype=np.float64)
         if base_betas.ndim != 1 or not np.all((base_betas > 0) & (base_betas < 1)):
             raise ValueError("base_betas: expected a 1-D array with every value in (0, 1)")
@@ -140,7 +162,7 @@ class NoiseSchedule:
             timesteps=np.array(keep, dtype=np.int64),
             num_train_timesteps=len(base_betas),
             name=name,
-            spacing=None if spacing is None else str(spacing),
+            spacing=None if spacing is None else _spacing_text(spacing),
         )
 
     def __len__(self) -> int:
