@@ -44,7 +44,7 @@ TINY_NET = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "
             "num_head_channels": 32, "use_scale_shift_norm": True, "resblock_updown": True}
 
 
-def bench_train(model_dir: Path, *, batch: int, steps: int, interval: int, fast: bool, device,
+def bench_train(model_dir: Path, out: Path, *, batch: int, steps: int, interval: int, fast: bool, device,
                 tiny: bool = False) -> dict:
     """Steps/s of the real training loop (``diffguide.train``) on random CIFAR-shaped data."""
     data = json.loads((model_dir / "train_config.json").read_text())
@@ -58,11 +58,10 @@ def bench_train(model_dir: Path, *, batch: int, steps: int, interval: int, fast:
     n = max(4 * batch, 2048)
     dataset = SimpleNamespace(images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
                               labels=np.arange(n) % 10, class_names=[f"c{k}" for k in range(10)])
-    with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        train(config, out, dataset=dataset, device=str(device), progress=False, fast=fast)
-        wall = time.perf_counter() - started
-        records = [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+    started = time.perf_counter()
+    train(config, out, dataset=dataset, device=str(device), progress=False, fast=fast)
+    wall = time.perf_counter() - started
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     rates = [r["steps_per_s"] for r in records[1:]]
     steps_per_s = float(np.median(rates))
     return dict(section="train", fast=fast, batch=batch, steps_per_s=steps_per_s, images_per_s=steps_per_s * batch,
@@ -91,19 +90,28 @@ def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: 
                 seconds=seconds, warmup_s=warmup)
 
 
-def bench_fid(inception: Path, *, num_images: int, batch: int, device) -> dict:
-    from diffguide.metrics import InceptionFeatures
+def bench_fid(inception: Path, *, num_images: int, batch: int, autotune: bool, device) -> dict:
+    """Images/s of exact-fp32 FID features; ``autotune=False`` is the previous setting (no cuDNN autotuning)."""
+    import contextlib
+
+    from diffguide.metrics import InceptionFeatures, inception as module
 
     images = np.random.default_rng(0).integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8)
     features = InceptionFeatures(inception, device=device, batch_size=batch)
-    features(images[:batch])
-    _sync(device)
-    started = time.perf_counter()
-    out = features(images)
-    _sync(device)
-    seconds = time.perf_counter() - started
-    return dict(section="fid", batch=batch, num_images=num_images, images_per_s=num_images / seconds,
-                feature_checksum=float(np.abs(out).sum()))
+    saved = module.cudnn_autotune
+    if not autotune:
+        module.cudnn_autotune = lambda enabled=True: contextlib.nullcontext()
+    try:
+        reference = features(images[:batch])
+        _sync(device)
+        started = time.perf_counter()
+        out = features(images)
+        _sync(device)
+        seconds = time.perf_counter() - started
+    finally:
+        module.cudnn_autotune = saved
+    return dict(section="fid", fast=autotune, batch=batch, num_images=num_images, images_per_s=num_images / seconds,
+                max_abs_feature_change_vs_first_pass=float(np.abs(out[:batch] - reference).max()))
 
 
 def main(argv=None) -> dict:
@@ -116,7 +124,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-samples", type=int, default=10_000, help="images per sampling variant")
     parser.add_argument("--sample-batch", type=int, default=2500, help="sampling batch size of the fast path")
     parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
-    parser.add_argument("--tiny", action="store_true", help="a few steps and images: a CPU check of the script")
+    parser.add_argument("--tiny", action="store_true", help="a tiny network, a few steps and images: a CPU check of "
+                        "the script (needs the train section)")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -124,21 +133,26 @@ def main(argv=None) -> dict:
         args.train_steps, args.big_batch, args.num_samples, args.sample_batch, args.num_images = 6, 16, 8, 4, 8
     sections = set(args.sections.split(","))
     rows = []
+    scratch = Path(tempfile.mkdtemp(prefix="cifar-throughput-"))
     if "train" in sections:
         interval = max(args.train_steps // 6, 1)
         for batch, fast in ((8 if args.tiny else 128, False), (8 if args.tiny else 128, True), (args.big_batch, True)):
-            rows.append(bench_train(args.model, batch=batch, steps=args.train_steps, interval=interval,
+            rows.append(bench_train(args.model, scratch / f"train-{len(rows)}", batch=batch, steps=args.train_steps,
+                                    interval=interval,
                                     fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
             print(rows[-1], flush=True)
     if "sample" in sections:
         for batch, fast in ((256 if not args.tiny else 4, False), (args.sample_batch, False),
                             (args.sample_batch, True)):
-            rows.append(bench_sample(args.model, num_samples=args.num_samples, batch=batch,
+            model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
+            rows.append(bench_sample(model, num_samples=args.num_samples, batch=batch,
                                      fast=fast and device.type == "cuda", device=device))
             print(rows[-1], flush=True)
     if "fid" in sections and args.inception:
-        for batch in ((64, 250, 500) if not args.tiny else (4,)):
-            rows.append(bench_fid(args.inception, num_images=args.num_images, batch=batch, device=device))
+        variants = ((64, False), (64, True), (250, True), (500, True)) if not args.tiny else ((4, False), (4, True))
+        for batch, autotune in variants:
+            rows.append(bench_fid(args.inception, num_images=args.num_images, batch=batch, autotune=autotune,
+                                  device=device))
             print(rows[-1], flush=True)
     result = dict(benchmark="cifar_throughput", device=str(device), torch=torch.__version__,
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", rows=rows)
