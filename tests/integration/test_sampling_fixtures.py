@@ -35,9 +35,10 @@ def test_guided_loop_matches_guided_diffusion(networks, vectors, unet, schedule,
     tensor = lambda name: torch.tensor(vectors[f"{key}/{name}"], dtype=torch.float32)  # noqa: E731
     denoiser = Denoiser(networks[unet], NoiseSchedule.create(schedule, respacing), variance="learned_range",
                         clip_x0=True, num_classes=10)
-    guidance = Guidance(classifier=ClassifierGuidance(networks["classifier"], on="x_t",
-                                                      objective=LogLikelihood(1.0, 1.0), scale=30.0))
     sampler = ddpm if respacing == "10" else ddim
+    guidance = Guidance(classifier=ClassifierGuidance(networks["classifier"], on="x_t",
+                                                      objective=LogLikelihood(1.0, 1.0), scale=30.0),
+                        rule="mean" if sampler is ddpm else "score")  # ADM: condition_mean / condition_score
     records = []
     out = sampler(denoiser, FixedNoise(tensor("x_T"), tensor("noise")), torch.tensor(vectors[f"{key}/y"]),
                   guidance=guidance, callback=records.append)
