@@ -199,10 +199,11 @@ def heun(denoiser: Denoiser, noise: NoiseSource, labels: Tensor | None = None, *
 @torch.no_grad()
 def dpmpp_2m(denoiser: Denoiser, noise: NoiseSource, labels: Tensor | None = None, *, guidance: Guidance | None = None,
              steps: Steps = None, callback: Callback = None, progress: bool = False,
-             on_nonfinite: Literal["raise", "zero"] = "raise") -> SampleOutput:
+             on_nonfinite: Literal["raise", "zero"] = "raise", lower_order_final: bool = True) -> SampleOutput:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2; data prediction, multistep), with λ = −log σ and h = λ_{i−1} − λ_i:
     x̃_{i−1} = (σ_{i−1}/σ_i)·x̃_i − (e^{−h} − 1)·D_i, D_i = (1 + 1/(2r))·x̂0_i − x̂0_{i+1}/(2r), r = h_prev/h;
-    D_i = x̂0_i at the first step, and x̃ = x̂0 at the last (σ = 0)."""
+    D_i = x̂0_i (first order) at the first step and, with ``lower_order_final`` (the reference implementation's default),
+    at the step onto the last grid point, where a uniform-t grid makes h several times h_prev; x̃ = x̂0 at σ = 0."""
     run = _Run("dpmpp_2m", denoiser, noise, labels, guidance, steps, callback, progress, on_nonfinite)
     x = run.x * math.sqrt(1 + run.sigma(len(run.schedule) - 1) ** 2)
     previous_x0, h_previous = None, None
@@ -215,7 +216,7 @@ def dpmpp_2m(denoiser: Denoiser, noise: NoiseSource, labels: Tensor | None = Non
             continue
         h = math.log(sigma) - math.log(sigma_next)
         data = pred.x0
-        if previous_x0 is not None:
+        if previous_x0 is not None and not (lower_order_final and i == 1):
             r = h_previous / h
             data = (1 + 1 / (2 * r)) * pred.x0 - (1 / (2 * r)) * previous_x0
         x = (sigma_next / sigma) * x - math.expm1(-h) * data
