@@ -224,12 +224,12 @@ def _entropy_floor(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).tiny ** 0.5
 
 
-def time_adaptive_lambda(step, lambda0: float) -> Tensor | float:
+def time_adaptive_lambda(step, lambda0: float) -> float:
     """Rule (c), time-adaptive: λ = λ0·sin(π·u) on the guidance time axis u = t/T (``step.noise_level`` of a
     GuidanceStep, per sample; equal to the spec's i/T′ on the full grid and on DDIM's stride grids). A bare step that
     only knows ``i`` and ``num_steps`` gives u = i/T′."""
-    if hasattr(step, "noise_level"):
-        return lambda0 * torch.sin(math.pi * step.noise_level)
+    if hasattr(step, "noise_level"):  # samplers step the whole batch at one t; objectives may see a part of it
+        return lambda0 * math.sin(math.pi * float(step.noise_level.reshape(-1)[0]))
     if step is None or not hasattr(step, "i") or not hasattr(step, "num_steps"):
         raise ValueError("step: rule 'time' needs a GuidanceStep (its noise level t/T), got "
                          f"{type(step).__name__}")
