@@ -7,7 +7,6 @@ respaced schedule is mapped to it. ``y`` is ``None`` for an unconditional call.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 

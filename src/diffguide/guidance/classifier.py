@@ -3,6 +3,10 @@
 
 The classifier term is a gradient g_i = s·w(u)·∇J; the update rule (:mod:`.rules`) says how it enters the step —
 by default as a score shift ε̃ = ε − sqrt(1−ᾱ_i)·g_i, which every sampler receives without knowing it.
+
+EluCD defines off-the-shelf x̂0 guidance for the ancestral DDPM sampler only (rule ``'elucd'``; its DDIM path has no
+working x̂0 guidance): x̂0 guidance under DDIM, Euler, Heun and DPM-Solver++ (through the score shift) is this project's
+extension.
 """
 
 from __future__ import annotations
