@@ -49,8 +49,8 @@ def _finite(ctx, param, value):
 @click.option("--labels", default="uniform", show_default=True,
               help="'uniform' (i.i.d. uniform, ADM's protocol), 'balanced' (k mod K), 'none', or one class index.")
 @click.option("--sampler", type=click.Choice(sorted(SAMPLERS)), default="ddpm", show_default=True,
-              help="Ancestral DDPM, DDIM (--eta), Euler, Heun (EDM, deterministic) or DPM-Solver++(2M), on the "
-                   "model's discrete schedule; guidance reaches every one of them.")
+              help="A sampler of the registry (diffguide.samplers.SAMPLERS), run on the model's discrete schedule; "
+                   "every guidance reaches every sampler.")
 @click.option("--steps", default="250", show_default=True,
               help="Respacing of the training schedule: 'N', 'ddimN' (DDIM's exact stride) or per-section 'a,b,c'.")
 @click.option("--eta", type=float, default=0.0, show_default=True, callback=_finite, help="DDIM η (0 = deterministic).")
