@@ -23,7 +23,11 @@ from .guidance import ClassifierFree, ClassifierGuidance, Guidance, make_objecti
 from .samplers import SAMPLERS, sampler_options
 from .sampling import SampleSet, class_labels, default_device, generate
 
-__all__ = ["SampleSettings", "sample", "load_diffusion", "load_guidance_classifier"]
+__all__ = ["SampleSettings", "sample", "load_diffusion", "load_guidance_classifier", "X0_PREPROCESS"]
+
+X0_PREPROCESS = ("weights", "raw")
+"""How an off-the-shelf classifier sees x̂0: 'weights' — its weights' own preprocessing (range, mean/std, resize);
+'raw' — x̂0 as is, values in [−1, 1] at the diffusion model's resolution (EluCD's set-up, even for ImageNet ResNets)."""
 
 
 @dataclass
@@ -51,6 +55,7 @@ class SampleSettings:
     guidance_rule: str = "score"
     rule_params: dict = field(default_factory=dict)
     softplus_beta: float | None = 3.0
+    x0_preprocess: str = "weights"
     cfg_w: float | None = None
     cfg_scale: float | None = None
     bf16: bool = False
@@ -66,6 +71,10 @@ class SampleSettings:
         if self.eta and "eta" not in sampler_options(self.sampler):
             raise ValueError(f"eta: the {self.sampler} sampler takes no eta")
         make_rule(self.guidance_rule, **self.rule_params)  # a clear error for an unknown rule or parameter, now
+        if self.x0_preprocess not in X0_PREPROCESS:
+            raise ValueError(f"x0_preprocess: expected one of {list(X0_PREPROCESS)}, got {self.x0_preprocess!r}")
+        if self.x0_preprocess == "raw" and not self.x0_classifier:
+            raise ValueError("x0_preprocess: 'raw' applies to an off-the-shelf --x0-classifier; none is given")
         for name in ("classifier_scale", "eta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -122,6 +131,12 @@ def _guidance(settings: SampleSettings, device) -> Guidance:
     module, on = load_guidance_classifier(spec, settings.classifier_preset, device)
     if settings.classifier and on != "x_t":
         raise ValueError(f"classifier: {spec!r} is an off-the-shelf classifier; pass it as --x0-classifier")
+    if on == "x0" and settings.x0_preprocess == "raw":
+        from .classifiers import ImageClassifier, Preprocess
+
+        if not isinstance(module, ImageClassifier):
+            raise ValueError(f"x0_preprocess: {spec!r} has no preprocessing to drop")
+        module.preprocess = Preprocess(input_range=(-1.0, 1.0), classifier_range=(-1.0, 1.0))  # the identity
     objective = make_objective(settings.objective or ("log_softmax" if on == "x_t" else "baseline"),
                                **settings.objective_params)
     classifier = ClassifierGuidance(module, on=on, objective=objective, scale=float(settings.classifier_scale),

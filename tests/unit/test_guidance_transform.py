@@ -174,3 +174,24 @@ def test_ode_solvers_converge_at_their_order(sampler, options, order):
     point trades this clean order for a 5–8x smaller error at 25–50 steps."""
     ratio = _ode_error(sampler, 100, **options) / _ode_error(sampler, 200, **options)
     assert abs(ratio / 2**order - 1) < 0.12, ratio
+
+
+def test_raw_x0_preprocess_is_the_identity(monkeypatch):
+    """--x0-preprocess raw: the classifier sees x̂0 itself (EluCD), not the weights' range/normalisation/resize."""
+    import diffguide.api as api
+    from diffguide.classifiers import ImageClassifier, Preprocess
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    weights_preprocess = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), size=32, resize=True)
+    monkeypatch.setattr(api, "load_guidance_classifier",
+                        lambda spec, preset, device: (ImageClassifier(net, weights_preprocess), "x0"))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    own = api._guidance(api.SampleSettings(model="unused", x0_classifier="any"), "cpu").classifier.classifier
+    assert (own(x) - net(x)).abs().max() > 1e-3  # normalised and resized
+    raw = api._guidance(api.SampleSettings(model="unused", x0_classifier="any", x0_preprocess="raw"), "cpu")
+    torch.testing.assert_close(raw.classifier.classifier(x), net(x))
+    with pytest.raises(ValueError, match="x0_preprocess"):
+        api.SampleSettings(model="unused", x0_preprocess="imagenet")
+    with pytest.raises(ValueError, match="x0_preprocess"):
+        api.SampleSettings(model="unused", x0_preprocess="raw")  # no --x0-classifier to apply it to

@@ -78,6 +78,9 @@ def _finite(ctx, param, value):
                    "sine bump 1 + γ·sin(πu), or an interval [start, stop] of u.")
 @click.option("--schedule-param", "schedule_params", multiple=True, callback=_key_values, metavar="KEY=VALUE",
               help="Schedule parameter, repeatable: gamma=0.3 (sine); start=0.2, stop=0.8 (interval, fractions of T).")
+@click.option("--x0-preprocess", type=click.Choice(["weights", "raw"]), default="weights", show_default=True,
+              help="How the --x0-classifier sees x̂0: its weights' preprocessing (range, mean/std, resize), or 'raw' "
+                   "(values in [-1, 1] at the model's resolution, EluCD's set-up).")
 @click.option("--softplus-beta", type=float, default=3.0, show_default=True,
               help="β of the Softplus replacing ReLUs of an --x0-classifier; 0 keeps ReLUs.")
 @click.option("--cfg-w", type=float, default=None, callback=_finite,
