@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from diffguide.adapter import Denoiser
-from diffguide.guidance import ClassifierGuidance, Constant, Guidance, SineBump, make_objective
+from diffguide.guidance import ClassifierGuidance, Constant, EluCDMeanShift, Guidance, make_objective
 from diffguide.guidance.objectives import log_likelihood
 from diffguide.noise import SeededNoise
 from diffguide.samplers import ddpm
@@ -375,13 +375,14 @@ def guided_runs(mixture: GaussianMixture, methods: list[Method], seeds, n: int, 
     groups = [methods[k:k + group_size] for k in range(0, len(methods), group_size)]
     for group in tqdm(groups, desc="guided sampling (groups)", disable=not progress):
         blocks = [(m, seed) for m in group for seed in seeds]
-        schedule = RecordingSchedule(SineBump(gamma))
+        schedule = RecordingSchedule(Constant())  # EluCD's sine bump is its ancestral rule (below), not a schedule
 
         def guidance_for(blocks):
             classifier = BlockClassifier([classifier_of(mixture, m) for m, _ in blocks], n)
             objective = BlockObjective([m.build_objective() for m, _ in blocks], [m.scale for m, _ in blocks], n)
             return Guidance(classifier=ClassifierGuidance(classifier, on="x0", objective=objective, scale=1.0,
-                                                          schedule=schedule, softplus_beta=None))
+                                                          schedule=schedule, softplus_beta=None),
+                            rule=EluCDMeanShift(gamma))
 
         samples, recorder = sample_blocks(mixture, net, guidance_for, blocks, draws, n, steps, schedule,
                                           [m.scale for m, _ in blocks])

@@ -4,16 +4,17 @@ The flow: data → model adapter (:mod:`diffguide.adapter`: ε, x̂0, variance) 
 where the classifier looks × objective × schedule) → sampler (:mod:`diffguide.samplers`) → samples → metrics.
 """
 
-from .adapter import ClassifierFree, Denoiser, Prediction
+from .adapter import Denoiser, Prediction
 from .api import SampleSettings, sample
-from .guidance import ClassifierGuidance, Guidance
+from .guidance import ClassifierFree, ClassifierGuidance, Guidance, GuidedDenoiser
 from .noise import FixedNoise, SeededNoise
-from .samplers import SAMPLERS, SampleOutput, ddim, ddpm
+from .samplers import SAMPLERS, SampleOutput, ddim, ddpm, dpmpp_2m, euler, heun
 from .schedule import NoiseSchedule
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClassifierFree", "ClassifierGuidance", "Denoiser", "FixedNoise", "Guidance", "NoiseSchedule", "Prediction",
-    "SAMPLERS", "SampleOutput", "SampleSettings", "SeededNoise", "ddim", "ddpm", "sample",
+    "ClassifierFree", "ClassifierGuidance", "Denoiser", "FixedNoise", "Guidance", "GuidedDenoiser", "NoiseSchedule",
+    "Prediction", "SAMPLERS", "SampleOutput", "SampleSettings", "SeededNoise", "ddim", "ddpm", "dpmpp_2m", "euler",
+    "heun", "sample",
 ]

@@ -7,7 +7,6 @@ respaced schedule is mapped to it. ``y`` is ``None`` for an unconditional call.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -19,7 +18,17 @@ from .schedule import NoiseSchedule, eps_to_x0, x0_to_eps
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
 Network = Callable[..., Tensor]
 
-__all__ = ["Denoiser", "Prediction", "ClassifierFree", "check_labels"]
+__all__ = ["Denoiser", "Prediction", "check_labels"]
+
+
+def __getattr__(name):
+    # ClassifierFree moved to the guidance transform (diffguide.guidance.cfg); kept importable from here (lazily:
+    # the guidance package imports this module).
+    if name == "ClassifierFree":
+        from .guidance.cfg import ClassifierFree
+
+        return ClassifierFree
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -27,7 +36,8 @@ class Prediction:
     """What the diffusion model says at one step.
 
     ``eps`` is re-derived from ``x0`` after clipping (as ADM's samplers do), so the pair is consistent.
-    ``variance``/``log_variance`` are Σ_i of the DDPM reverse step; ``mean`` is μ̃_i(x_t, x̂0).
+    ``variance``/``log_variance`` are Σ_i of the DDPM reverse step; ``mean`` is μ̃_i(x_t, x̂0) (shifted by an ancestral
+    guidance rule when one is used). ``guidance_grad``: the classifier term g = s·w(u)·∇J that guidance applied, if any.
     """
 
     eps: Tensor
@@ -35,37 +45,7 @@ class Prediction:
     variance: Tensor
     log_variance: Tensor
     mean: Tensor
-
-
-@dataclass(frozen=True)
-class ClassifierFree:
-    """Classifier-free guidance: ε̃ = (1 + w)·ε(x, c) − w·ε(x, ∅) (Ho & Salimans).
-
-    Give exactly one of ``w`` (the paper convention, w = 0 is plain conditional) or ``guidance_scale``
-    (s = 1 + w, the diffusers / Stable Diffusion convention). ``null_label``: the label index the model was
-    trained with for ∅, or ``None`` to call the network with ``y=None``.
-    """
-
-    w: float | None = None
-    guidance_scale: float | None = None
-    null_label: int | None = None
-
-    def __post_init__(self):
-        if (self.w is None) == (self.guidance_scale is None):
-            raise ValueError("ClassifierFree: give exactly one of w (ε̃ = (1+w)ε_c − wε_∅) or guidance_scale (s = 1 + w)")
-        value = self.w if self.w is not None else self.guidance_scale
-        name = "w" if self.w is not None else "guidance_scale"
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"ClassifierFree.{name}: expected a finite number, got {value!r}")
-
-    @property
-    def weight(self) -> float:
-        """w of ε̃ = (1 + w)·ε_c − w·ε_∅."""
-        return float(self.w) if self.w is not None else float(self.guidance_scale) - 1.0
-
-    def combine(self, eps_cond: Tensor, eps_uncond: Tensor) -> Tensor:
-        w = self.weight
-        return (1 + w) * eps_cond - w * eps_uncond
+    guidance_grad: Tensor | None = None
 
 
 def check_labels(labels: Tensor | None, batch: int, num_classes: int | None, name: str = "labels") -> None:
@@ -83,11 +63,13 @@ def check_labels(labels: Tensor | None, batch: int, num_classes: int | None, nam
 
 
 class Denoiser:
-    """Wraps a network and a (respaced) schedule into per-step predictions.
+    """Wraps a network and a (respaced) schedule into per-step predictions. No guidance here: see
+    :class:`diffguide.guidance.GuidedDenoiser`.
 
     Args:
         net: ``net(x, t, y) -> Tensor`` with ORIGINAL timesteps ``t``.
-        schedule: the sampling schedule (respaced or not).
+        schedule: the :class:`~diffguide.schedule.NoiseSchedule`, respaced or not; its kept timesteps are the default
+            step grid of the samplers (``with_grid`` gives the same model on another grid).
         variance: ``fixed_small`` (β̃), ``fixed_large`` (β) or ``learned_range`` (ADM: the network's extra C channels v
             interpolate log Σ = ((v+1)/2)·log β + (1 − (v+1)/2)·log β̃).
         clip_x0: clip x̂0 to [−1, 1] (images); ``False`` for unbounded data such as the toy mixtures.
@@ -96,6 +78,12 @@ class Denoiser:
 
     def __init__(self, net: Network, schedule: NoiseSchedule, *, variance: VarianceType = "fixed_small",
                  clip_x0: bool = True, num_classes: int | None = None):
+        if isinstance(net, (str, bytes)) or not callable(net):
+            raise TypeError(f"net: expected a network net(x, t, y), got {type(net).__name__} {net!r:.60}; load it "
+                            "first (e.g. diffguide.api.load_diffusion)")
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule: expected a NoiseSchedule (e.g. NoiseSchedule.create('linear', '250')), got "
+                            f"{type(schedule).__name__} {schedule!r:.60}")
         if variance not in ("fixed_small", "fixed_large", "learned_range"):
             raise ValueError(f"variance: expected 'fixed_small', 'fixed_large' or 'learned_range', got {variance!r}")
         self.net = net
@@ -104,25 +92,14 @@ class Denoiser:
         self.clip_x0 = clip_x0
         self.num_classes = num_classes
 
-    def network_output(self, x: Tensor, i: int | Tensor, labels: Tensor | None,
-                       cfg: ClassifierFree | None = None) -> tuple[Tensor, Tensor | None]:
-        """(ε, v or None) from the network at step ``i``, with classifier-free guidance applied to ε."""
+    def network_output(self, x: Tensor, i: int | Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(ε, v or None) from one network call at step ``i`` (original timesteps looked up here)."""
         t = self.schedule.original_timesteps(i, x.shape[0], x.device)
-        if cfg is None:
-            out = self.net(x, t, labels)
-            return self._split(out, x)
-        if labels is None:
-            raise ValueError("labels: classifier-free guidance needs class labels")
-        if cfg.null_label is None:
-            eps_c, v = self._split(self.net(x, t, labels), x)
-            eps_u, _ = self._split(self.net(x, t, None), x)
-        else:
-            null = torch.full_like(labels, cfg.null_label)
-            out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
-            eps, v = self._split(out, torch.cat([x, x]))
-            eps_c, eps_u = eps.chunk(2)
-            v = None if v is None else v.chunk(2)[0]
-        return cfg.combine(eps_c, eps_u), v
+        return self._split(self.net(x, t, labels), x)
+
+    def with_grid(self, schedule: NoiseSchedule) -> "Denoiser":
+        """The same network and settings on another step grid."""
+        return Denoiser(self.net, schedule, variance=self.variance, clip_x0=self.clip_x0, num_classes=self.num_classes)
 
     def _split(self, out: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
         out = out.to(x.dtype)  # networks under bf16 autocast answer in bf16; the sampler's arithmetic stays in x's dtype
@@ -138,10 +115,14 @@ class Denoiser:
                              "for a 2C-channel ADM model use variance='learned_range'")
         return out, None
 
-    def __call__(self, x: Tensor, i: int | Tensor, labels: Tensor | None = None,
-                 cfg: ClassifierFree | None = None) -> Prediction:
+    def __call__(self, x: Tensor, i: int | Tensor, labels: Tensor | None = None) -> Prediction:
+        """The unguided prediction at step ``i``."""
         check_labels(labels, x.shape[0], self.num_classes)
-        eps, v = self.network_output(x, i, labels, cfg)
+        eps, v = self.network_output(x, i, labels)
+        return self.predict(x, i, eps, v)
+
+    def predict(self, x: Tensor, i: int | Tensor, eps: Tensor, v: Tensor | None) -> Prediction:
+        """Prediction from the network's ε (and v for learned range): Σ_i, x̂0 (clipped, ε re-derived), μ̃_i."""
         s = self.schedule
         alpha_bar = s.gather("alphas_cumprod", i, x)
         if self.variance == "learned_range":

@@ -17,13 +17,18 @@ from pathlib import Path
 
 from torch import nn
 
-from .adapter import ClassifierFree, Denoiser
+from .adapter import Denoiser
 from .checkpoints import NetworkConfig, load_adm_checkpoint, load_network
 from .diffusers_adapter.model import is_diffusers_folder
-from .guidance import ClassifierGuidance, Guidance, make_objective, make_schedule
+from .guidance import ClassifierFree, ClassifierGuidance, Guidance, make_objective, make_rule, make_schedule
+from .samplers import SAMPLERS, sampler_options
 from .sampling import SampleSet, class_labels, default_device, generate
 
-__all__ = ["SampleSettings", "sample", "load_diffusion", "load_guidance_classifier"]
+__all__ = ["SampleSettings", "sample", "load_diffusion", "load_guidance_classifier", "X0_PREPROCESS"]
+
+X0_PREPROCESS = ("weights", "raw")
+"""How an off-the-shelf classifier sees x̂0: 'weights' — its weights' own preprocessing (range, mean/std, resize);
+'raw' — x̂0 as is, values in [−1, 1] at the diffusion model's resolution (EluCD's set-up, even for ImageNet ResNets)."""
 
 
 @dataclass
@@ -48,7 +53,10 @@ class SampleSettings:
     objective_params: dict = field(default_factory=dict)
     schedule: str = "constant"
     schedule_params: dict = field(default_factory=dict)
+    guidance_rule: str = "score"
+    rule_params: dict = field(default_factory=dict)
     softplus_beta: float | None = 3.0
+    x0_preprocess: str = "weights"
     cfg_w: float | None = None
     cfg_scale: float | None = None
     bf16: bool = False
@@ -59,10 +67,15 @@ class SampleSettings:
             raise ValueError("cfg_w, cfg_scale: give one of them (cfg_scale = 1 + cfg_w)")
         if self.classifier and self.x0_classifier:
             raise ValueError("classifier, x0_classifier: give one classifier (noise-aware on x_t, or off-the-shelf on x̂0)")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler: expected 'ddpm' or 'ddim', got {self.sampler!r}")
-        if self.sampler == "ddpm" and self.eta:
-            raise ValueError("eta: only the ddim sampler takes eta")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+        if self.eta and "eta" not in sampler_options(self.sampler):
+            raise ValueError(f"eta: the {self.sampler} sampler takes no eta")
+        make_rule(self.guidance_rule, **self.rule_params)  # a clear error for an unknown rule or parameter, now
+        if self.x0_preprocess not in X0_PREPROCESS:
+            raise ValueError(f"x0_preprocess: expected one of {list(X0_PREPROCESS)}, got {self.x0_preprocess!r}")
+        if self.x0_preprocess == "raw" and not self.x0_classifier:
+            raise ValueError("x0_preprocess: 'raw' applies to an off-the-shelf --x0-classifier; none is given")
         for name in ("classifier_scale", "eta"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -117,20 +130,26 @@ def load_guidance_classifier(spec: str, preset: str | None = None, device="cpu")
 
 def _guidance(settings: SampleSettings, device) -> Guidance:
     cfg = None
+    schedule = make_schedule(settings.schedule, **settings.schedule_params)  # one strength schedule for CFG and CG
     if settings.cfg_w is not None or settings.cfg_scale is not None:
-        cfg = ClassifierFree(w=settings.cfg_w, guidance_scale=settings.cfg_scale)
+        cfg = ClassifierFree(w=settings.cfg_w, guidance_scale=settings.cfg_scale, schedule=schedule)
     spec = settings.classifier or settings.x0_classifier
     if spec is None:
         return Guidance(cfg=cfg)
     module, on = load_guidance_classifier(spec, settings.classifier_preset, device)
     if settings.classifier and on != "x_t":
         raise ValueError(f"classifier: {spec!r} is an off-the-shelf classifier; pass it as --x0-classifier")
+    if on == "x0" and settings.x0_preprocess == "raw":
+        from .classifiers import ImageClassifier, Preprocess
+
+        if not isinstance(module, ImageClassifier):
+            raise ValueError(f"x0_preprocess: {spec!r} has no preprocessing to drop")
+        module.preprocess = Preprocess(input_range=(-1.0, 1.0), classifier_range=(-1.0, 1.0))  # the identity
     objective = make_objective(settings.objective or ("log_softmax" if on == "x_t" else "baseline"),
                                **settings.objective_params)
     classifier = ClassifierGuidance(module, on=on, objective=objective, scale=float(settings.classifier_scale),
-                                    schedule=make_schedule(settings.schedule, **settings.schedule_params),
-                                    softplus_beta=settings.softplus_beta if on == "x0" else None)
-    return Guidance(classifier=classifier, cfg=cfg)
+                                    schedule=schedule, softplus_beta=settings.softplus_beta if on == "x0" else None)
+    return Guidance(classifier=classifier, cfg=cfg, rule=make_rule(settings.guidance_rule, **settings.rule_params))
 
 
 def _check_cfg_capable(net: nn.Module, config: NetworkConfig) -> None:
@@ -162,7 +181,8 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     labels = class_labels(s.num_samples, num_classes, s.labels, s.seed)
     shape = (kwargs["in_channels"], kwargs["image_size"], kwargs["image_size"])
     return generate(denoiser, num_samples=s.num_samples, image_shape=shape, labels=labels, guidance=guidance,
-                    sampler=s.sampler, sampler_options={"eta": s.eta} if s.sampler == "ddim" else None, seed=s.seed,
+                    sampler=s.sampler, sampler_options={"eta": s.eta} if "eta" in sampler_options(s.sampler) else None,
+                    seed=s.seed,
                     batch_size=s.batch_size, out_dir=out, config=dataclasses.asdict(s), resume=resume,
                     overwrite=overwrite, bf16=s.bf16, progress=progress, on_nonfinite=s.on_nonfinite,
                     device=str(dev))

@@ -65,7 +65,8 @@ def run_loop(manifest, vectors, unet, schedule, respacing, dtype=torch.float32, 
     denoiser = Denoiser(net, NoiseSchedule.create(schedule, respacing), variance=variance, clip_x0=True,
                         num_classes=10)
     guidance = Guidance(classifier=ClassifierGuidance(classifier, on="x_t", objective=LogLikelihood(1.0, 1.0),
-                                                      scale=30.0))
+                                                      scale=30.0),
+                        rule="mean" if respacing == "10" else "score")  # ADM: condition_mean / condition_score
     sampler = ddpm if respacing == "10" else ddim
     records = []
     out = sampler(denoiser, FixedNoise(tensor("x_T"), tensor("noise")), torch.tensor(vectors[f"{key}/y"]),

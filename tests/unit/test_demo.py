@@ -25,3 +25,8 @@ def test_demo_command(tmp_path):
     # an overconfident off-the-shelf classifier on x̂0 over-concentrates: it is farther from the exact conditional
     overconfident = [m for n, m in by_name.items() if n.startswith("x̂0")]
     assert all(m["sliced_wasserstein"] > 2 * by_name["exact conditional"]["sliced_wasserstein"] for m in overconfident)
+    # every registered sampler at 20 steps, guided to the exact conditional, is as close as the exact methods above
+    from diffguide.samplers import SAMPLERS
+
+    assert {r["sampler"] for r in metrics["samplers"]} == set(SAMPLERS)
+    assert all(r["sliced_wasserstein"] < 1.5 * floor + 0.05 for r in metrics["samplers"] if r["steps"] == 20)

@@ -9,7 +9,9 @@ from torch import nn
 
 from diffguide import ClassifierFree, ClassifierGuidance, Denoiser, Guidance, NoiseSchedule, SeededNoise, ddim, ddpm
 from diffguide.adapter import Prediction
-from diffguide.guidance import Constant, GuidanceStep, Interval, SineBump, SoftplusForReLU, make_schedule
+from diffguide.guidance import (Constant, EluCDMeanShift, GuidanceStep, Interval, SineBump, SoftplusForReLU,
+                                make_schedule)
+from diffguide.guidance.rules import VarianceState
 from diffguide.guidance.objectives import LogLikelihood
 from diffguide.samplers import NonFiniteGuidanceError
 from diffguide.toy import ExactEps, demo_mixture
@@ -52,10 +54,32 @@ def test_softplus_replaces_module_and_functional_relus():
     torch.testing.assert_close(net(x), net.out(F.relu(h - 0.1) + 2 * h))
 
 
-def test_sine_bump_is_elucd_formula():
-    step = _step(i=3, num_steps=10, variance=0.1, max_variance=0.4)
-    a = max(math.sin(math.pi * 3 / 10) * 0.4 * 0.3, 0)
-    torch.testing.assert_close(SineBump(0.3)(step), torch.full((3,), (0.1 + a) / 0.1, dtype=torch.float64))
+def test_sine_bump_is_a_strength_on_the_noise_level():
+    """w(u) = 1 + γ·max(sin(π·u), 0) with u = t/T (not i/T′: here i/T′ = 0.3 and t/T = 0.5, 0.1, 0.9)."""
+    w = SineBump(0.3)(_step(i=3, num_steps=10, t=torch.tensor([500, 100, 900])))
+    expected = 1 + 0.3 * torch.sin(math.pi * torch.tensor([0.5, 0.1, 0.9], dtype=torch.float64))
+    torch.testing.assert_close(w, expected)
+
+
+def test_elucd_rule_is_elucd_formula():
+    """EluCD's ancestral rule on one step: mean += (Σ_i + a_i)·g with a_i = max(sin(π·i/T′)·Σ_max·γ, 0) added to
+    every element of Σ; per-sample Σ_max by default, EluCD's single number (sample 0, first element) by name."""
+    step = _step(i=3, num_steps=10, variance=0.1, batch=2)
+    variance = torch.tensor([[0.1, 0.2], [0.05, 0.3]], dtype=torch.float64)
+    pred = Prediction(eps=step.x_t, x0=step.x_t, variance=variance, log_variance=variance.log(),
+                      mean=torch.ones(2, 2, dtype=torch.float64))
+    grad = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    state = VarianceState(per_sample=torch.tensor([0.4, 0.6], dtype=torch.float64),
+                          first_element=torch.tensor(0.25, dtype=torch.float64))
+    sin = math.sin(math.pi * 3 / 10)
+    denoiser = Denoiser(lambda x, t, y: x, NoiseSchedule.create("linear", "10"), clip_x0=False)
+    got = EluCDMeanShift(0.3).apply(denoiser, pred, step.x_t, 3, grad, state).mean
+    a = torch.tensor([[sin * 0.4 * 0.3], [sin * 0.6 * 0.3]], dtype=torch.float64)
+    torch.testing.assert_close(got, 1 + (variance + a) * grad)
+    got = EluCDMeanShift(0.3, max_variance="elucd").apply(denoiser, pred, step.x_t, 3, grad, state).mean
+    torch.testing.assert_close(got, 1 + (variance + sin * 0.25 * 0.3) * grad)
+    with pytest.raises(ValueError, match="max_variance"):
+        EluCDMeanShift(0.3, max_variance="sample0")
 
 
 def test_interval_schedule():
@@ -80,8 +104,10 @@ def test_x0_guidance_gradient_is_gradient_wrt_x0():
     torch.testing.assert_close(guidance.gradient(step), 2.0 * expected)
 
 
-def test_ddpm_mean_shift_uses_sine_bump_variance():
-    """One DDPM step with the sine bump moves the mean by (Σ_i + a_i)·s·g exactly."""
+@pytest.mark.parametrize("max_variance", ["per_sample", "elucd"])
+def test_ddpm_mean_shift_uses_elucd_rule(max_variance):
+    """Every DDPM step with EluCD's rule moves the mean by (Σ_i + a_i)·s·g exactly (Σ_max running from the first step,
+    i/T′ axis); with a fixed variance both Σ_max rules agree."""
     mix = demo_mixture()
     schedule = NoiseSchedule.create("linear", "10")
     denoiser = Denoiser(lambda x, t, y: ExactEps(mix)(x, t, None), schedule, clip_x0=False)
@@ -92,20 +118,26 @@ def test_ddpm_mean_shift_uses_sine_bump_variance():
             return torch.stack([x @ grad_const, torch.zeros(len(x), dtype=x.dtype)], 1)
 
     objective = lambda logits, labels, step: logits[:, 0]  # noqa: E731
-    noise = SeededNoise(0, range(2), (2,), dtype=torch.float64)
     records = []
     guided = Guidance(classifier=ClassifierGuidance(ConstantGradient(), on="x0", scale=1.5, objective=objective,
-                                                    schedule=SineBump(0.3), softplus_beta=None))
-    ddpm(denoiser, noise, torch.zeros(2, dtype=torch.long), guidance=guided, callback=records.append)
+                                                    softplus_beta=None),
+                      rule=EluCDMeanShift(0.3, max_variance=max_variance))
+    out = ddpm(denoiser, SeededNoise(0, range(2), (2,), dtype=torch.float64), torch.zeros(2, dtype=torch.long),
+               guidance=guided, callback=records.append)
+    replay = SeededNoise(0, range(2), (2,), dtype=torch.float64)
+    replay.initial()
     var = schedule.posterior_variance
-    running_max = var[9]
-    for record in records:
+    running_max = 0.0
+    outputs = [r.x_t for r in records[1:]] + [out.samples]
+    for record, x_next in zip(records, outputs):
         i = record.i
         running_max = max(running_max, var[i])
         a = max(math.sin(math.pi * i / 10) * running_max * 0.3, 0)
-        weight = (var[i] + a) / var[i] if var[i] > 0 else 1.0  # Σ_0 = 0: the DDPM shift Σ·w·g is 0 either way
-        expected = weight * 1.5 * grad_const
-        torch.testing.assert_close(record.guidance_grad, expected.expand(2, 2))
+        unguided = denoiser(record.x_t, i)
+        z = replay.step(i)
+        expected = unguided.mean + (var[i] + a) * 1.5 * grad_const + (math.sqrt(var[i]) * z if i > 0 else 0)
+        torch.testing.assert_close(x_next, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(record.guidance_grad, (1.5 * grad_const).expand(2, 2))
 
 
 def test_cfg_conventions():

@@ -90,6 +90,6 @@ def test_labels_modes():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="sampler"):
-        _run(sampler="euler")
+        _run(sampler="lms")  # not in the registry
     with pytest.raises(ValueError, match="labels: expected 10"):
         _run(labels=np.zeros(3, dtype=np.int64))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffguide.guidance import ClassifierGuidance, Guidance, SineBump
+from diffguide.guidance import ClassifierGuidance, EluCDMeanShift, Guidance
 from diffguide.adapter import Denoiser
 from diffguide.noise import SeededNoise
 from diffguide.samplers import ddpm
@@ -75,7 +75,8 @@ def test_block_batched_sampling_equals_separate_runs(guidance_study):
         for seed in seeds:
             guidance = Guidance(classifier=ClassifierGuidance(BayesClassifier(mixture, m.temperature), on="x0",
                                                               objective=m.build_objective(), scale=m.scale,
-                                                              schedule=SineBump(0.3), softplus_beta=None))
+                                                              softplus_beta=None),
+                                rule=EluCDMeanShift(0.3))
             alone = ddpm(Denoiser(lambda x, t, y: uncond(x, t, None), NoiseSchedule.create("linear", str(steps)),
                                   clip_x0=False),
                          SeededNoise(seed, range(n), (2,), dtype=torch.float64), labels, guidance=guidance).samples

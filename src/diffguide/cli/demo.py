@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ..samplers import SAMPLERS
+
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"), show_default=True,
@@ -16,8 +18,8 @@ import click
               help="Samples per method (split evenly over the 3 classes).")
 @click.option("--steps", type=click.IntRange(min=2, max=1000), default=250, show_default=True,
               help="Sampling steps (respacing of the 1000-step linear schedule).")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm", show_default=True,
-              help="Ancestral DDPM (guidance shifts the mean) or DDIM eta=0 (guidance shifts the score).")
+@click.option("--sampler", type=click.Choice(sorted(SAMPLERS)), default="ddpm", show_default=True,
+              help="Sampler of the methods table (the samplers table runs every registered sampler).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
               help="Temperature of the off-the-shelf Bayes classifier used on x̂0 (< 1: overconfident).")
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Classifier-guidance scale s of the EluCD method.")
@@ -30,7 +32,7 @@ def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
     norm early (t > 800) and late (t < 200); write demo.png and metrics.json to --out."""
     import torch
 
-    from ..demo import demo_floor, format_table, plot_demo, run_demo
+    from ..demo import demo_floor, format_sampler_table, format_table, plot_demo, run_demo, sampler_table
 
     # the demo's tensors are [samples, 2]: intra-op threads only add contention (10x slower on a busy 2-core machine)
     torch.set_num_threads(1)
@@ -39,6 +41,8 @@ def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
                        scale=scale, cfg_w=cfg_w, progress=True)
     floor = demo_floor(num_samples)
     click.echo(format_table(results, floor))
+    samplers = sampler_table(num_samples, seed=seed)
+    click.echo(format_sampler_table(samplers, floor))
     out.mkdir(parents=True, exist_ok=True)
     plot_demo(results, out / "demo.png")
     metrics = {
@@ -47,6 +51,7 @@ def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
         "exact_floor": {"mean": floor[0], "std": floor[1]},
         "methods": [{"name": r.name, "class_accuracy": r.accuracy, "mode_coverage": r.coverage,
                      "sliced_wasserstein": r.distance, "grad_t": r.grad_t, "grad_norm": r.grad_norm} for r in results],
+        "samplers": samplers,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     click.echo(f"wrote {out / 'demo.png'} and {out / 'metrics.json'} in {time.perf_counter() - start:.1f} s")

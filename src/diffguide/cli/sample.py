@@ -9,6 +9,10 @@ from pathlib import Path
 
 import click
 
+from ..guidance.rules import RULES
+from ..guidance.schedules import SCHEDULES
+from ..samplers import SAMPLERS
+
 
 def _key_values(ctx, param, values) -> dict:
     """KEY=VALUE pairs -> dict, values parsed as JSON when they can be (numbers, true/false), else kept as strings."""
@@ -44,11 +48,17 @@ def _finite(ctx, param, value):
               help="Run seed: sample k's noise comes from (seed, k) alone.")
 @click.option("--labels", default="uniform", show_default=True,
               help="'uniform' (i.i.d. uniform, ADM's protocol), 'balanced' (k mod K), 'none', or one class index.")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm", show_default=True,
-              help="Ancestral DDPM (guidance shifts the mean by Σ·s·g) or DDIM (guidance shifts the score).")
+@click.option("--sampler", type=click.Choice(sorted(SAMPLERS)), default="ddpm", show_default=True,
+              help="A sampler of the registry (diffguide.samplers.SAMPLERS), run on the model's discrete schedule; "
+                   "every guidance reaches every sampler.")
 @click.option("--steps", default="250", show_default=True,
               help="Respacing of the training schedule: 'N', 'ddimN' (DDIM's exact stride) or per-section 'a,b,c'.")
 @click.option("--eta", type=float, default=0.0, show_default=True, callback=_finite, help="DDIM η (0 = deterministic).")
+@click.option("--guidance-rule", type=click.Choice(sorted(RULES)), default="score", show_default=True,
+              help="How the classifier term enters the step: 'score' (ε −= sqrt(1−ᾱ)·s·w·g; every sampler), 'mean' "
+                   "(ADM's ancestral μ += Σ·s·g; ddpm) or 'elucd' (EluCD's μ += (Σ + a_i)·s·g; ddpm).")
+@click.option("--rule-param", "rule_params", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+              help="Rule parameter, repeatable: gamma=0.3, max_variance=per_sample|elucd (rule 'elucd').")
 @click.option("--no-clip", "clip_x0", flag_value=False, default=True, help="Do not clip x̂0 to [-1, 1].")
 @click.option("--classifier", default=None,
               help="Noise-aware classifier on x_t (ADM-G): a diffguide folder or an ADM .pt with --classifier-preset.")
@@ -63,10 +73,14 @@ def _finite(ctx, param, value):
                    "(default: log_softmax on x_t, baseline (τ1=1, τ2=0.5) on x̂0).")
 @click.option("--objective-param", "objective_params", multiple=True, callback=_key_values, metavar="KEY=VALUE",
               help="Objective parameter, repeatable: e.g. alpha=0.5, epsilon=0.9, t_tilde=-0.2, lambda0=0.1, rule=time.")
-@click.option("--schedule", type=click.Choice(["constant", "sine", "interval"]), default="constant", show_default=True,
-              help="Guidance schedule: constant, EluCD's sine bump, or an interval of noise levels.")
+@click.option("--schedule", type=click.Choice(sorted(SCHEDULES)), default="constant", show_default=True,
+              help="Guidance strength w(u) on the noise level u = t/T, for classifier guidance and CFG alike: constant, "
+                   "sine bump 1 + γ·sin(πu), or an interval [start, stop] of u.")
 @click.option("--schedule-param", "schedule_params", multiple=True, callback=_key_values, metavar="KEY=VALUE",
               help="Schedule parameter, repeatable: gamma=0.3 (sine); start=0.2, stop=0.8 (interval, fractions of T).")
+@click.option("--x0-preprocess", type=click.Choice(["weights", "raw"]), default="weights", show_default=True,
+              help="How the --x0-classifier sees x̂0: its weights' preprocessing (range, mean/std, resize), or 'raw' "
+                   "(values in [-1, 1] at the model's resolution, EluCD's set-up).")
 @click.option("--softplus-beta", type=float, default=3.0, show_default=True,
               help="β of the Softplus replacing ReLUs of an --x0-classifier; 0 keeps ReLUs.")
 @click.option("--cfg-w", type=float, default=None, callback=_finite,

@@ -65,8 +65,8 @@ def _check_number(name: str, value, *, low: float | None = None, low_open: bool 
 
 
 def _check_temperatures(tau1, tau2) -> None:
-    _check_number("tau1", tau1)
-    _check_number("tau2", tau2)
+    _check_number("tau1", tau1, low=0)
+    _check_number("tau2", tau2, low=0)
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -225,9 +225,13 @@ def _entropy_floor(dtype: torch.dtype) -> float:
 
 
 def time_adaptive_lambda(step, lambda0: float) -> float:
-    """Rule (c), time-adaptive: λ = λ0·sin(π·i/T'), i counting down from T'−1 to 0 (needs ``step.i``, ``step.num_steps``)."""
+    """Rule (c), time-adaptive: λ = λ0·sin(π·u) on the guidance time axis u = t/T (``step.noise_level`` of a
+    GuidanceStep, per sample; equal to the spec's i/T′ on the full grid and on DDIM's stride grids). A bare step that
+    only knows ``i`` and ``num_steps`` gives u = i/T′."""
+    if hasattr(step, "noise_level"):  # samplers step the whole batch at one t; objectives may see a part of it
+        return lambda0 * math.sin(math.pi * float(step.noise_level.reshape(-1)[0]))
     if step is None or not hasattr(step, "i") or not hasattr(step, "num_steps"):
-        raise ValueError("step: rule 'time' needs a GuidanceStep with i and num_steps, got "
+        raise ValueError("step: rule 'time' needs a GuidanceStep (its noise level t/T), got "
                          f"{type(step).__name__}")
     return lambda0 * math.sin(math.pi * step.i / step.num_steps)
 
@@ -245,7 +249,7 @@ class EntropyRegularized(_Temperatures):
         lambda0: λ0 (spec grid {0.01, 0.05, 0.1, 0.5}, no default given; 0.1 chosen: mid-grid, an entropy bonus
             of at most 0.1·log K next to ℓ).
         rule: adaptive rule for λ_n (**open**): ``'confidence'`` (default) λ0·(1 − H/log K);
-            ``'inverse_entropy'`` λ0·log K / H; ``'time'`` λ0·sin(π i/T') (needs ``step``).
+            ``'inverse_entropy'`` λ0·log K / H; ``'time'`` λ0·sin(π·t/T) (needs ``step``).
         tau1, tau2: temperatures of ℓ.
 
     H and λ_n·H_n are computed in float64 (the result has the logits' dtype; MPS, which has no float64, stays in
@@ -263,7 +267,7 @@ class EntropyRegularized(_Temperatures):
         _check_choice("rule", self.rule, LAMBDA_RULES)
 
     def lambdas(self, entropies: Tensor, num_classes: int, step=None) -> Tensor | float:
-        """λ_n [B] (or one λ for rule ``'time'``) from H(p_n) [B], detached."""
+        """λ_n [B] from H(p_n) [B] (rule ``'time'``: from the step's noise level), detached."""
         if self.rule == "time":
             return time_adaptive_lambda(step, self.lambda0)
         if self.rule == "confidence":
@@ -398,11 +402,20 @@ def _accepted_parameters(factory) -> list[str]:
 
 
 def make_objective(name: str, **params):
-    """An objective by name with its parameters, e.g. ``make_objective('js', alpha=0.25, epsilon=0.95)``."""
+    """An objective by name with its parameters, e.g. ``make_objective('js', alpha=0.25, epsilon=0.95)``.
+
+    ``discount`` (EluCD's ``margin_temperature_discount``) gives τ2 as a ratio, τ2 = τ1·discount, instead of ``tau2``.
+    """
     if not isinstance(name, str) or name not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {name!r}")
     factory = OBJECTIVES[name]
     accepted = _accepted_parameters(factory)
+    if "discount" in params and "tau2" in accepted:
+        if "tau2" in params:
+            raise ValueError("discount, tau2: give τ2 either as a ratio (discount: τ2 = τ1·discount) or as tau2")
+        discount = params.pop("discount")
+        _check_number("discount", discount, low=0)
+        params["tau2"] = params.get("tau1", 1.0) * discount
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"objective {name!r}: unknown parameter(s) {unknown}; accepted: {accepted or 'none'}")

@@ -1,7 +1,10 @@
-"""Guidance schedules: how strongly guidance acts at step i (a per-sample multiplier of s·g).
+"""Guidance strength schedules w(u): a per-sample multiplier of the guidance strength (s·w·g, or CFG's w).
 
-A schedule is a callable ``weight(step) -> Tensor [B] or float``. Samplers apply the weighted gradient with their own
-rule (DDPM: mean += Σ·w·s·g; DDIM: ε −= sqrt(1−ᾱ)·w·s·g), so every schedule works with every sampler.
+A schedule is a callable ``weight(step) -> Tensor [B] or float`` of a :class:`~.step.GuidanceStep`. Every schedule
+here reads ONE time axis, the noise level u = t/T of the original timestep (``step.noise_level``: ≈ 1 at pure noise,
+0 at the clean end), so a schedule means the same at 10 or 1000 sampler steps, under any sampler, for classifier
+guidance and classifier-free guidance alike. EluCD's own step rule (its i/T′ sine bump added to the DDPM variance)
+is the ancestral update rule ``'elucd'`` of :mod:`.rules`, not a schedule.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ __all__ = ["Constant", "SineBump", "Interval", "make_schedule", "SCHEDULES"]
 
 @dataclass(frozen=True)
 class Constant:
-    """w_i = 1."""
+    """w(u) = 1."""
 
     def __call__(self, step: GuidanceStep) -> float:
         return 1.0
@@ -27,12 +30,10 @@ class Constant:
 
 @dataclass(frozen=True)
 class SineBump:
-    """EluCD's sine bump, written as a multiplier of the DDPM mean shift.
+    """EluCD's sine bump as a strength multiplier: w(u) = 1 + γ·max(sin(π·u), 0), u = t/T.
 
-    EluCD: mean += (Σ_i + a_i)·s·g, a_i = max(sin(π·i/T')·Σ_max·γ, 0), Σ_max the running maximum of Σ.
-    As a weight: w_i = (Σ_i + a_i)/Σ_i, so DDPM reproduces EluCD exactly; DDIM applies the same relative boost
-    to its score shift. Σ_i is averaged over each sample's elements (it is constant for fixed variances). Where Σ_i = 0
-    (the last step of a fixed-small schedule, where sin(0) = 0 too) the weight is 1.
+    Strongest mid-trajectory, 1 at both ends. EluCD's exact form — a_i = max(sin(π·i/T′)·Σ_max·γ, 0) added to the DDPM
+    step variance — is the ancestral update rule ``EluCDMeanShift`` (``rule='elucd'``).
     """
 
     gamma: float = 0.3
@@ -41,40 +42,39 @@ class SineBump:
         _check_finite("gamma", self.gamma)
 
     def __call__(self, step: GuidanceStep) -> Tensor:
-        variance = step.prediction.variance.flatten(1).mean(1)
-        bump = torch.clamp(math.sin(math.pi * step.i / step.num_steps) * step.max_variance * self.gamma, min=0)
-        return torch.where(variance > 0, (variance + bump) / variance.clamp_min(torch.finfo(variance.dtype).tiny), 1.0)
+        return 1 + self.gamma * torch.sin(math.pi * step.noise_level).clamp_min(0).to(step.x_t.dtype)
 
 
 @dataclass(frozen=True)
 class Interval:
-    """Guidance only while the noise level t/T lies in [start, stop] (fractions of the training timesteps; 1 = pure noise).
-
-    ``inner`` is the schedule used inside the interval.
-    """
+    """Guidance only while the noise level u = t/T lies in [start, stop] (Kynkäänniemi et al. 2024, "Applying guidance
+    in a limited interval"); ``inner`` is the schedule used inside the interval."""
 
     start: float = 0.0
     stop: float = 1.0
     inner: object = Constant()
 
     def __post_init__(self):
+        _check_finite("start", self.start)
+        _check_finite("stop", self.stop)
         if not (0.0 <= self.start <= self.stop <= 1.0):
             raise ValueError(f"Interval: expected 0 <= start <= stop <= 1, got start={self.start}, stop={self.stop}")
 
     def __call__(self, step: GuidanceStep) -> Tensor:
-        level = step.t.to(torch.float64) / step.num_train_timesteps
+        level = step.noise_level
         inside = ((level >= self.start) & (level <= self.stop)).to(step.x_t.dtype)
-        return inside * _as_tensor(self.inner(step), step)
+        return inside * as_weights(self.inner(step), step)
 
 
-def _as_tensor(weight, step: GuidanceStep) -> Tensor:
+def as_weights(weight, step: GuidanceStep) -> Tensor:
+    """A schedule's answer as a tensor [B] in x_t's dtype."""
     if isinstance(weight, Tensor):
-        return weight
+        return weight.to(step.x_t.dtype).reshape(-1).expand(step.x_t.shape[0])
     return torch.full((step.x_t.shape[0],), float(weight), dtype=step.x_t.dtype, device=step.x_t.device)
 
 
 def _check_finite(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
 
 
@@ -82,7 +82,7 @@ SCHEDULES = {"constant": Constant, "sine": SineBump, "interval": Interval}
 
 
 def make_schedule(name: str, **params):
-    """A schedule by name: 'constant', 'sine' (γ), 'interval' (start, stop)."""
+    """A schedule by name: 'constant', 'sine' (gamma), 'interval' (start, stop; fractions u = t/T)."""
     if name not in SCHEDULES:
         raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {name!r}")
     return SCHEDULES[name](**params)
