@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from diffguide.accel import fast_module
-from diffguide.adapter import ClassifierFree
 from diffguide.checkpoints import load_network
-from diffguide.guidance import Guidance
+from diffguide.guidance import ClassifierFree, Guidance
 from diffguide.io import atomic_write_text
 from diffguide.sampling import generate
 from diffguide.train import TrainConfig, train

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .accel import fast_module, use_fast_path
 from .adapter import Denoiser
 from .checkpoints import NetworkConfig, load_adm_checkpoint, load_network
 from .diffusers_adapter.model import is_diffusers_folder
@@ -159,11 +160,13 @@ def _check_cfg_capable(net: nn.Module, config: NetworkConfig) -> None:
 
 
 def sample(settings: SampleSettings | None = None, *, out: str | Path | None = None, resume: bool = False,
-           overwrite: bool = False, device: str | None = None, progress: bool = True, **fields) -> SampleSet | None:
+           overwrite: bool = False, device: str | None = None, progress: bool = True, fast: bool | None = None,
+           **fields) -> SampleSet | None:
     """Draw samples as ``diffguide sample`` does: pass a :class:`SampleSettings` or its fields as keywords.
 
     With ``out`` the run is written there (shards, ``samples.npz``, ``grid.png``, ``run.json``) and can be resumed;
-    under torchrun, rank 0 returns the merged samples and the other ranks ``None``.
+    under torchrun, rank 0 returns the merged samples and the other ranks ``None``. ``fast``: the compiled channels-last
+    network of :mod:`diffguide.accel` (default: on CUDA only; ``False`` is plain eager PyTorch).
     """
     if (settings is None) == (not fields):
         raise TypeError("sample: pass a SampleSettings or its fields as keyword arguments (one of the two)")
@@ -173,7 +176,7 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     guidance = _guidance(s, dev)
     if guidance.cfg is not None:
         _check_cfg_capable(net, config)
-    denoiser: Denoiser = config.denoiser(net, s.steps, clip_x0=s.clip_x0)
+    denoiser: Denoiser = config.denoiser(fast_module(net, fast=use_fast_path(fast, dev)), s.steps, clip_x0=s.clip_x0)
     kwargs = config.kwargs
     num_classes = kwargs.get("num_classes")
     if num_classes is None and guidance.classifier is not None:

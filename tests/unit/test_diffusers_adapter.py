@@ -320,8 +320,8 @@ def test_noise_aware_classifier_guidance_under_ddpm_shifts_the_mean_by_sigma_tim
     scheduler = DDPMScheduler(clip_sample=False)
     net, config = adapt(unet, scheduler)
     classifier = LinearClassifier(noise_aware=True)
-    x, z, ours = guided_first_step(ddpm, net, config, Guidance(classifier=ClassifierGuidance(classifier, on="x_t",
-                                                                                            scale=s)))
+    guidance = Guidance(classifier=ClassifierGuidance(classifier, on="x_t", scale=s), rule="mean")
+    x, z, ours = guided_first_step(ddpm, net, config, guidance)
     scheduler.set_timesteps(timesteps=[T_STEP, T_NEXT])
     generator = torch.Generator().manual_seed(14)  # replays z
     t = torch.full((2,), T_STEP)

@@ -59,6 +59,7 @@ class GuidedDenoiser:
         self.max_variance: Tensor | None = None
         self.first_max_variance: Tensor | None = None
         self.nonfinite_zeroed = 0
+        self._labels_checked = False
 
     @property
     def schedule(self):
@@ -76,7 +77,9 @@ class GuidedDenoiser:
                             labels=self.labels, max_variance=self.max_variance)
 
     def __call__(self, x: Tensor, i: int) -> Prediction:
-        check_labels(self.labels, x.shape[0], self.denoiser.num_classes)
+        if not self._labels_checked:  # once per run: the check reads label values, a host sync on a GPU
+            check_labels(self.labels, x.shape[0], self.denoiser.num_classes)
+            self._labels_checked = True
         cfg = self.guidance.cfg
         if cfg is None:
             eps, v = self.denoiser.network_output(x, i, self.labels)
