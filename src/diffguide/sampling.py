@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Denoiser
+from .devices import resolve_device
 from .guidance.classifier import Guidance
-from .io import atomic_save_npz, atomic_write, atomic_write_text
+from .io import atomic_save_npz, atomic_write, atomic_write_text, check_same_settings, clean_stale_temporaries
 from .noise import SeededNoise
 from .samplers import SAMPLERS
 
@@ -42,6 +43,14 @@ class SampleSet:
 def class_labels(num_samples: int, num_classes: int | None, mode: str = "uniform", seed: int = 0) -> np.ndarray | None:
     """Labels of the run: ``uniform`` — i.i.d. uniform from the run seed (ADM's evaluation protocol);
     ``balanced`` — k mod K (equal counts); ``none`` or no classes — unconditional; an integer string — that class."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples: expected a positive integer, got {num_samples!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes: expected a positive integer or None (unconditional), got {num_classes!r}")
+    if num_classes is None and mode not in ("uniform", "none"):
+        raise ValueError(f"labels: the model is unconditional (no classes, and no classifier gives any), so labels "
+                         f"{mode!r} cannot be honoured; use labels 'none' (--labels none)")
     if num_classes is None or mode == "none":
         return None
     if mode == "uniform":
@@ -77,15 +86,9 @@ def save_grid(images: np.ndarray, path: Path, max_images: int = 64) -> None:
 
 
 def default_device(device: str | None = None) -> torch.device:
-    """``device`` if given (a bare ``cuda`` means this process's GPU), else ``cuda:$LOCAL_RANK`` when there is a GPU,
-    else the CPU."""
-    if device is not None:
-        dev = torch.device(device)
-        if dev.type != "cuda" or dev.index is not None:
-            return dev
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    return torch.device("cpu")
+    """:func:`diffguide.devices.resolve_device`: ``device`` if given (a bare ``cuda`` means this process's GPU), else
+    ``cuda:$LOCAL_RANK`` when there is a GPU, else the CPU; a clear ValueError for a device that is not there."""
+    return resolve_device(device)
 
 
 @contextlib.contextmanager
@@ -113,26 +116,90 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
+SAMPLE_RUN_FILES = {RUN_CONFIG, "samples.npz", "grid.png", "summary.json"}
+
+
+def _input_paths(config: dict) -> list[Path]:
+    """The existing files and folders a run's settings name (model, classifiers, including 'kind:PATH' specs)."""
+    found = []
+    for value in config.values():
+        if isinstance(value, str) and value:
+            for candidate in (value, value.split(":", 1)[-1]):
+                if Path(candidate).exists():
+                    found.append(Path(candidate).resolve())
+    return found
+
+
+def _sample_run_entries(out_dir: Path) -> list[Path]:
+    """The files of the sample run in ``out_dir`` that --overwrite may delete; a FileExistsError naming the first
+    thing there that this project did not write as a sample run (or the missing run.json record)."""
+    refuse = ("--overwrite only replaces a sample run this command wrote (run.json, samples.npz, grid.png, "
+              "summary.json, shards/); choose a new or empty --out folder")
+    record = out_dir / RUN_CONFIG
+    try:
+        if not isinstance(json.loads(record.read_text()), dict):
+            raise ValueError
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise FileExistsError(f"out: {out_dir} holds no {RUN_CONFIG} record of a diffguide sample run; {refuse}") from None
+    entries = []
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name == "shards" and entry.is_dir() and not entry.is_symlink():
+            for shard in sorted(entry.iterdir()):
+                if not (shard.is_file() and not shard.is_symlink()
+                        and re.fullmatch(r"(\.)?shard_\d{6}\.npz(\.tmp\d+)?", shard.name)):
+                    raise FileExistsError(f"out: {shard} was not written by diffguide sample; {refuse}")
+                entries.append(shard)
+            entries.append(entry)
+        elif entry.is_file() and not entry.is_symlink() and (
+                entry.name in SAMPLE_RUN_FILES or re.fullmatch(r"\..+\.tmp\d+", entry.name)):
+            entries.append(entry)
+        else:
+            raise FileExistsError(f"out: {entry} was not written by diffguide sample; {refuse}")
+    return entries
+
+
+def _remove_sample_run(out_dir: Path, config: dict) -> None:
+    """Delete the sample run in ``out_dir`` file by file — never the current directory or a folder holding it, never a
+    folder holding one of the run's inputs, never anything but the files of a sample run."""
+    resolved = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise FileExistsError(f"out: {out_dir} is the current directory (or holds it); --overwrite never deletes "
+                              "that: choose a new --out folder")
+    for path in _input_paths(config):
+        if resolved == path or resolved in path.parents:
+            raise FileExistsError(f"out: {out_dir} holds an input of this run ({path}); --overwrite never deletes "
+                                  "inputs: choose a new --out folder")
+    for entry in _sample_run_entries(out_dir):
+        entry.rmdir() if entry.is_dir() else entry.unlink()
+
+
 def _prepare_output(out_dir: Path, config: dict, resume: bool, overwrite: bool, rank: int, world: int) -> None:
     out_dir = Path(out_dir)
     if rank == 0:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise FileExistsError(f"out: {out_dir} is a file, not a folder")
+        clean_stale_temporaries(out_dir)
         existing = out_dir.exists() and any(out_dir.iterdir())
         if existing and overwrite:
-            shutil.rmtree(out_dir)
+            _remove_sample_run(out_dir, config)
         elif existing and not resume:
-            raise FileExistsError(f"out: {out_dir} exists and is not empty; pass resume=True (--resume) to finish it "
-                                  "or overwrite=True (--overwrite) to start again")
+            raise FileExistsError(f"out: {out_dir} exists and is not empty; pass --resume to finish the run in it "
+                                  "or --overwrite to replace it")
         elif existing and resume:
             saved_path = out_dir / RUN_CONFIG
             if not saved_path.exists():
                 raise FileExistsError(f"out: {out_dir} holds no {RUN_CONFIG}; it is not a diffguide sampling run")
-            saved = json.loads(saved_path.read_text())
-            if saved != json.loads(json.dumps(config)):
-                diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != json.loads(json.dumps(config)).get(k))
-                raise ValueError(f"resume: the run in {out_dir} was started with different settings ({', '.join(diff)}); "
-                                 "use the same arguments or --overwrite")
-        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / RUN_CONFIG, json.dumps(config, indent=1, sort_keys=True))
+            try:
+                saved = json.loads(saved_path.read_text())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(f"out: {saved_path} is not a readable run record ({err})") from None
+            check_same_settings(saved, config, where=f"the run in {out_dir}", hint="use the same arguments or --overwrite")
+        try:
+            (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / RUN_CONFIG, json.dumps(config, indent=1, sort_keys=True))
+        except OSError as err:
+            raise ValueError(f"out: cannot write to {str(out_dir)!r} ({err.strerror or err})") from None
     _barrier(world)
 
 

@@ -30,6 +30,25 @@ def _finite(ctx, param, value):
     return value
 
 
+def _softplus_beta(ctx, param, value):
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"expected a finite number > 0 (or 0 to keep the ReLUs), got {value}", ctx=ctx,
+                                 param=param)
+    return value
+
+
+X0_KINDS = ("cifar-resnet:", "torchvision:")
+
+
+def _x0_classifier(ctx, param, value):
+    if value is not None and not value.startswith(X0_KINDS) and not Path(value).is_dir():
+        kind = value.split(":", 1)[0] if ":" in value else None
+        raise click.BadParameter(f"expected 'cifar-resnet:PATH.th', 'torchvision:NAME[:WEIGHTS]' or a diffguide "
+                                 f"classifier folder, got {value!r}"
+                                 + (f" (unknown kind {kind!r})" if kind else ""), ctx=ctx, param=param)
+    return value
+
+
 @click.command("sample")
 @click.option("--model", required=True,
               help="Diffusion model: a diffguide checkpoint folder (config.json + model.safetensors), or a "
@@ -53,7 +72,7 @@ def _finite(ctx, param, value):
 @click.option("--classifier", default=None,
               help="Noise-aware classifier on x_t (ADM-G): a diffguide folder or an ADM .pt with --classifier-preset.")
 @click.option("--classifier-preset", default=None, help="Preset of a .pt --classifier (e.g. imagenet128-classifier).")
-@click.option("--x0-classifier", default=None,
+@click.option("--x0-classifier", default=None, callback=_x0_classifier,
               help="Off-the-shelf classifier on x̂0 (EluCD): 'cifar-resnet:PATH.th' or 'torchvision:NAME[:WEIGHTS]'. "
                    "Its own preprocessing (range, normalisation, resize) is applied; ReLUs act as Softplus(β).")
 @click.option("--classifier-scale", "-s", type=float, default=1.0, show_default=True, callback=_finite,
@@ -67,7 +86,7 @@ def _finite(ctx, param, value):
               help="Guidance schedule: constant, EluCD's sine bump, or an interval of noise levels.")
 @click.option("--schedule-param", "schedule_params", multiple=True, callback=_key_values, metavar="KEY=VALUE",
               help="Schedule parameter, repeatable: gamma=0.3 (sine); start=0.2, stop=0.8 (interval, fractions of T).")
-@click.option("--softplus-beta", type=float, default=3.0, show_default=True,
+@click.option("--softplus-beta", type=float, default=3.0, show_default=True, callback=_softplus_beta,
               help="β of the Softplus replacing ReLUs of an --x0-classifier; 0 keeps ReLUs.")
 @click.option("--cfg-w", type=float, default=None, callback=_finite,
               help="Classifier-free guidance weight w: ε̃ = (1+w)ε_c − wε_∅ (w = 0: plain conditional).")
@@ -85,13 +104,22 @@ def command(out, resume, overwrite, device, softplus_beta, **settings):
     Run it under `torchrun --nproc_per_node N` to split the samples over N processes: the output is the same whatever
     N. A killed run continues with --resume and ends with exactly the npz an uninterrupted run gives.
     """
+    if settings["schedule_params"] and settings["schedule"] == "constant":
+        raise click.BadParameter("the constant schedule has no parameters; give --schedule sine (gamma=...) or "
+                                 "--schedule interval (start=..., stop=...)", param_hint="--schedule-param")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite: give one of them")
     from ..api import SampleSettings, sample
+    from ..devices import resolve_device
 
     start = time.perf_counter()
     try:
+        device = str(resolve_device(device, what="--device"))
         settings = SampleSettings(softplus_beta=softplus_beta or None, **settings)
         result = sample(settings, out=out, resume=resume, overwrite=overwrite, device=device)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except ImportError as err:  # e.g. torchvision for --x0-classifier torchvision:NAME
+        raise click.ClickException(str(err)) from None
+    except (ValueError, OSError) as err:  # FileExistsError, FileNotFoundError, PermissionError are OSErrors
         raise click.ClickException(str(err)) from None
     if result is not None:
         click.echo(f"{len(result.images)} samples {tuple(result.images.shape[1:])} -> {out / 'samples.npz'}, "
