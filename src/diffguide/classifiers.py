@@ -220,7 +220,7 @@ def torchvision_classifier(name: str, weights=None, *, input_range=(-1.0, 1.0), 
     try:
         import torchvision
     except ImportError as err:
-        raise ImportError("torchvision: the torchvision classifiers need the torchvision package, which is not "
+        raise ImportError("torchvision: torchvision_classifier needs torchvision, which is not "
                           "installed; install the build matching your torch "
                           f"(pip install 'diffguide[vision]', or pip install torchvision for torch {torch.__version__})"
                           ) from err
