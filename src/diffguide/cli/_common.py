@@ -1,0 +1,51 @@
+"""Checks every command makes before its work starts (no torch import at module level: `--help` stays fast)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+__all__ = ["device_or_fail", "finite", "overwrite_option", "refuse_existing", "writable_or_fail"]
+
+
+def finite(ctx, param, value):
+    """click callback: a finite number (nan and ±inf pass click's FloatRange)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
+    return value
+
+
+def device_or_fail(device, param_hint: str = "--device") -> str:
+    """:func:`diffguide.devices.resolve_device` as a click error naming the flag."""
+    from ..devices import resolve_device
+
+    try:
+        return str(resolve_device(device, what=param_hint))
+    except ValueError as err:
+        raise click.BadParameter(str(err).removeprefix(f"{param_hint}: "), param_hint=param_hint) from None
+
+
+def refuse_existing(paths, overwrite: bool, param_hint: str = "--out") -> None:
+    """A click error naming the flag when one of ``paths`` exists and ``overwrite`` was not given."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        raise click.BadParameter(f"{', '.join(existing)} already exists; pass --overwrite to replace it, or choose "
+                                 "another output", param_hint=param_hint)
+
+
+def writable_or_fail(path, *, is_dir: bool, param_hint: str = "--out") -> None:
+    """A click error naming the flag when the output cannot be written (checked before the work starts)."""
+    from ..io import check_writable
+
+    try:
+        check_writable(path, what=param_hint, is_dir=is_dir)
+    except ValueError as err:
+        raise click.BadParameter(str(err).removeprefix(f"{param_hint}: "), param_hint=param_hint) from None
+
+
+def overwrite_option(function):
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace the output files if they exist (without it an existing output is an error).")(
+        function)
