@@ -106,7 +106,7 @@ def check_same_settings(saved: Mapping, current: Mapping, *, where, ignore: Iter
     """A ValueError listing what differs when a run in ``where`` is resumed (or re-entered) with other settings."""
     changed = settings_differences(saved, current, ignore)
     if changed:
-        shown = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+        shown = "; ".join(f"{k} differs: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
         raise ValueError(f"resume: {where} was written with different settings ({shown}); {hint}")
 
 
