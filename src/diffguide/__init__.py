@@ -2,18 +2,37 @@
 
 The flow: data → model adapter (:mod:`diffguide.adapter`: ε, x̂0, variance) → guidance (:mod:`diffguide.guidance`:
 where the classifier looks × objective × schedule) → sampler (:mod:`diffguide.samplers`) → samples → metrics.
+
+The names below are imported on first use (PEP 562), so ``import diffguide.cli`` and ``diffguide --help`` do not
+import torch.
 """
 
-from .adapter import ClassifierFree, Denoiser, Prediction
-from .api import SampleSettings, sample
-from .guidance import ClassifierGuidance, Guidance
-from .noise import FixedNoise, SeededNoise
-from .samplers import SAMPLERS, SampleOutput, ddim, ddpm
-from .schedule import NoiseSchedule
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ClassifierFree", "ClassifierGuidance", "Denoiser", "FixedNoise", "Guidance", "NoiseSchedule", "Prediction",
-    "SAMPLERS", "SampleOutput", "SampleSettings", "SeededNoise", "ddim", "ddpm", "sample",
-]
+_EXPORTS = {
+    "ClassifierFree": "adapter", "Denoiser": "adapter", "Prediction": "adapter",
+    "SampleSettings": "api", "sample": "api",
+    "ClassifierGuidance": "guidance", "Guidance": "guidance",
+    "FixedNoise": "noise", "SeededNoise": "noise",
+    "SAMPLERS": "samplers", "SampleOutput": "samplers", "ddim": "samplers", "ddpm": "samplers",
+    "NoiseSchedule": "schedule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'diffguide' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

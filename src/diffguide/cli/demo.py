@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ._common import finite
+
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"), show_default=True,
@@ -18,10 +20,10 @@ import click
               help="Sampling steps (respacing of the 1000-step linear schedule).")
 @click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm", show_default=True,
               help="Ancestral DDPM (guidance shifts the mean) or DDIM eta=0 (guidance shifts the score).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True, callback=finite,
               help="Temperature of the off-the-shelf Bayes classifier used on x̂0 (< 1: overconfident).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Classifier-guidance scale s of the EluCD method.")
-@click.option("--cfg-w", type=float, default=1.0, show_default=True,
+@click.option("--scale", type=float, default=1.0, show_default=True, callback=finite, help="Classifier-guidance scale s of the EluCD method.")
+@click.option("--cfg-w", type=float, default=1.0, show_default=True, callback=finite,
               help="Classifier-free guidance weight w (ε̃ = (1+w)ε_c − wε_∅; w = 0 is plain conditional).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the per-sample noise.")
 def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
@@ -32,6 +34,9 @@ def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
 
     from ..demo import demo_floor, format_table, plot_demo, run_demo
 
+    from ._common import writable_or_fail
+
+    writable_or_fail(out, is_dir=True)
     # the demo's tensors are [samples, 2]: intra-op threads only add contention (10x slower on a busy 2-core machine)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -39,7 +44,6 @@ def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
                        scale=scale, cfg_w=cfg_w, progress=True)
     floor = demo_floor(num_samples)
     click.echo(format_table(results, floor))
-    out.mkdir(parents=True, exist_ok=True)
     plot_demo(results, out / "demo.png")
     metrics = {
         "settings": {"samples": num_samples, "steps": steps, "sampler": sampler, "temperature": temperature,

@@ -61,11 +61,12 @@ Objective = Callable[[nn.Module, Tensor, Tensor | None, torch.Generator], tuple[
 
 # ----------------------------------------------------------------------------------------------- schedules
 
-def learning_rate(step: int, optim: OptimConfig) -> float:
-    """lr_k = lr · min(1, (k + 1)/warmup_steps) (k counted from 0; no warm-up when warmup_steps = 0)."""
-    if optim.warmup_steps == 0:
+def learning_rate(step: int, optim: OptimConfig, total_steps: int | None = None) -> float:
+    """lr_k = lr · min(1, (k + 1)/W) (k counted from 0; no warm-up when W = 0), W = ``optim.warmup(total_steps)``."""
+    warmup = optim.warmup(total_steps)
+    if warmup == 0:
         return optim.lr
-    return optim.lr * min(1.0, (step + 1) / optim.warmup_steps)
+    return optim.lr * min(1.0, (step + 1) / warmup)
 
 
 def ema_decay_at(step: int, optim: OptimConfig) -> float:
@@ -449,7 +450,7 @@ class _Run:
             while self.step < config.steps:
                 generator = step_generator(config.seed, self.rank, self.step, self.device)
                 x, y = self.batches.batch(self.step, generator)
-                lr = learning_rate(self.step, config.optim)
+                lr = learning_rate(self.step, config.optim, config.steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
