@@ -195,7 +195,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
             raise ValueError(f"checkpoint {str(path)!r}: not a PyTorch tensor file readable with weights_only=True "
-                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty or truncated'})"
+                             ) from None
         if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
             data = data["state_dict"]
     if not isinstance(data, Mapping) or not data or not all(isinstance(v, Tensor) for v in data.values()):

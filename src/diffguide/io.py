@@ -85,6 +85,9 @@ def check_writable(path, *, what: str = "out", is_dir: bool | None = None) -> No
     ``path`` (a file); checked before minutes of work, not after. Writes and removes one empty temporary file."""
     path = Path(path)
     folder = path if (is_dir if is_dir is not None else path.is_dir()) else path.parent
+    blocker = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{what}: {str(blocker)!r} is a file, not a folder, so {str(path)!r} cannot be written")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".diffguide-write-check-"):

@@ -67,22 +67,41 @@ def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images: np.ndarray, path: Path, max_images: int = 64) -> None:
-    """A square grid PNG of the first ``max_images`` uint8 NHWC images."""
-    from PIL import Image
+def save_grid(images: np.ndarray, path: Path, max_images: int = 64, labels: np.ndarray | None = None,
+              class_names: list[str] | None = None, min_tile: int = 64) -> None:
+    """A PNG grid of uint8 NHWC images, tiles upscaled (nearest neighbour, an integer factor) to at least
+    ``min_tile`` pixels. With ``labels``: one row per class present (sorted), headed by its name (``class_names[c]``,
+    else ``class c``), holding that class's first samples; without: a square grid of the first ``max_images``."""
+    from PIL import Image, ImageDraw
 
-    images = images[:max_images]
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         raise ValueError("images: nothing to draw")
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
     h, w, c = images.shape[1:]
-    grid = np.zeros((rows * (h + 2) + 2, cols * (w + 2) + 2, c), dtype=np.uint8)
-    for k, img in enumerate(images):
-        r, q = divmod(k, cols)
-        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + q * (w + 2): 2 + q * (w + 2) + w] = img
-    atomic_write(Path(path), lambda tmp: Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(tmp, format="PNG"))
+    factor = max(1, -(-min_tile // max(h, w)))
+    if labels is not None:
+        classes = sorted(int(k) for k in np.unique(labels))
+        rows_of = {k: np.flatnonzero(labels == k) for k in classes}
+        cols = max(1, min(max(len(v) for v in rows_of.values()), max(1, max_images // len(classes)), 16))
+        cells = [[int(i) for i in rows_of[k][:cols]] for k in classes]
+        names = [class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
+                 for k in classes]
+    else:
+        n = min(len(images), max_images)
+        cols = int(np.ceil(np.sqrt(n)))
+        cells = [list(range(r, min(r + cols, n))) for r in range(0, n, cols)]
+        names = None
+    th, tw, gap = h * factor, w * factor, 2
+    label_width = 0 if names is None else 8 + 7 * max(len(name) for name in names)
+    grid = Image.new("RGB", (label_width + gap + cols * (tw + gap), gap + len(cells) * (th + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, row in enumerate(cells):
+        top = gap + r * (th + gap)
+        if names is not None:
+            draw.text((4, top + th // 2 - 5), names[r], fill=(0, 0, 0))
+        for q, index in enumerate(row):
+            tile = Image.fromarray(images[index].squeeze(-1) if c == 1 else images[index]).convert("RGB")
+            grid.paste(tile.resize((tw, th), Image.NEAREST), (label_width + gap + q * (tw + gap), top))
+    atomic_write(Path(path), lambda tmp: grid.save(tmp, format="PNG"))
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -291,7 +310,7 @@ def _merge(out_dir: Path, num_shards: int, has_labels: bool, grid_images: int) -
     if has_labels:
         arrays["arr_1"] = result.labels
     atomic_save_npz(out_dir / "samples.npz", **arrays)
-    save_grid(result.images, out_dir / "grid.png", grid_images)
+    save_grid(result.images, out_dir / "grid.png", grid_images, labels=result.labels)
     summary = {"num_samples": len(result.images), "nonfinite_zeroed": nonfinite}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return result

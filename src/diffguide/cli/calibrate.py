@@ -53,6 +53,7 @@ def load_split(source: str, split: str | None, limit: int | None, classifier=Non
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive image count, got {limit}")
+    split = None if split == "none" else split  # sources without splits (npz, a single IDX file)
     dataset = load_dataset(source, split, limit=limit)
     if dataset.labels is None:
         raise ValueError(f"data: {source} ({split}) has no labels; calibration needs labelled images")

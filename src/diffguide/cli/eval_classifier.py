@@ -47,7 +47,8 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
               help="A safetensors state dict to load into the --classifier module (keys of that module).")
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Labelled dataset for diffguide.data.load_dataset (image folder, tarball, IDX, npz).")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
+@click.option("--split", default="test", show_default=True,
+              help="Split to evaluate ('none' for sources without splits, e.g. npz).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate this many images, spread evenly over the split.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch size.")
 @click.option("--bins", "num_bins", type=click.IntRange(min=1), default=10, show_default=True, help="Equal-width bins of the ECE.")

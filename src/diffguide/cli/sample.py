@@ -110,11 +110,11 @@ def command(out, resume, overwrite, device, softplus_beta, **settings):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite: give one of them")
     from ..api import SampleSettings, sample
-    from ..devices import resolve_device
+    from ._common import device_or_fail
 
+    device = device_or_fail(device) if device is not None else None
     start = time.perf_counter()
     try:
-        device = str(resolve_device(device, what="--device"))
         settings = SampleSettings(softplus_beta=softplus_beta or None, **settings)
         result = sample(settings, out=out, resume=resume, overwrite=overwrite, device=device)
     except ImportError as err:  # e.g. torchvision for --x0-classifier torchvision:NAME

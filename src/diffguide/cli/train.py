@@ -179,7 +179,8 @@ def apply_options(config_cls, config_file, values: dict, fields: dict):
 
 
 def _fail(err: Exception):
-    raise click.ClickException(f"{type(err).__name__}: {err}") from None
+    raise click.ClickException(str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"
+                               ) from None
 
 
 @click.command("train")
