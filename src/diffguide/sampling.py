@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,16 @@ def _prepare_output(out_dir: Path, config: dict, resume: bool, overwrite: bool, 
     _barrier(world)
 
 
+def _check_free_space(out_dir: Path, num_samples: int, image_shape) -> None:
+    """A ValueError before sampling when the disk cannot hold the shards plus the merged npz (2·N·C·H·W bytes of
+    uint8 images, uncompressed as np.savez writes them), instead of failing at the merge."""
+    need = 2 * num_samples * int(np.prod(image_shape)) + (1 << 20)
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise ValueError(f"out: {out_dir} has {free / 2**20:.1f} MiB free, but {num_samples} samples need about "
+                         f"{need / 2**20:.1f} MiB (shards + samples.npz); free some space or choose another --out")
+
+
 def _shard_done(path: Path, expected: int) -> bool:
     if not path.exists():
         return False
@@ -256,6 +267,7 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
     with distributed_context(device) as (rank, world, dev):
         if out_dir is not None:
             _prepare_output(Path(out_dir), config or {}, resume, overwrite, rank, world)
+            _check_free_space(Path(out_dir), num_samples, image_shape)
         num_shards = -(-num_samples // batch_size)
         mine = list(range(rank, num_shards, world))
         kept: dict[int, tuple] = {}

@@ -377,3 +377,14 @@ def test_grid_has_one_row_per_class_with_upscaled_tiles(tmp_path):
         # 3 rows of 64-px tiles (8 px x 8) with 2-px gaps; 3 columns plus the name column
         assert grid.height == 2 + 3 * (64 + 2)
         assert grid.width > 3 * (64 + 2)
+
+
+def test_sample_checks_free_disk_space_before_sampling(files, tmp_path, monkeypatch):
+    import collections
+
+    import diffguide.sampling
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(diffguide.sampling.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    assert_clear_error(run(SAMPLE, files, tmp_path), 1, "MiB free")
+    assert not (tmp_path / "out" / "shards").exists() or not any((tmp_path / "out" / "shards").iterdir())
