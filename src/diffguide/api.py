@@ -164,4 +164,4 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
                     sampler=s.sampler, sampler_options={"eta": s.eta} if s.sampler == "ddim" else None, seed=s.seed,
                     batch_size=s.batch_size, out_dir=out, config=dataclasses.asdict(s), resume=resume,
                     overwrite=overwrite, bf16=s.bf16, progress=progress, on_nonfinite=s.on_nonfinite,
-                    device=str(dev))
+                    device=str(dev), class_names=config.extra.get("class_names"))

@@ -248,12 +248,13 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
              sampler_options: dict | None = None, seed: int = 0, batch_size: int = 64, out_dir: str | Path | None = None,
              config: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
              bf16: bool = False, progress: bool = True, on_nonfinite: str = "raise", device: str | None = None,
-             grid_images: int = 64) -> SampleSet | None:
+             grid_images: int = 64, class_names: list[str] | None = None) -> SampleSet | None:
     """Draw ``num_samples`` samples of shape ``image_shape`` (C, H, W).
 
     Without ``out_dir`` everything stays in memory (one process). With it, shards are written and merged as described
     in the module docstring; ``config`` (everything that determines the samples) is saved as ``run.json`` and must match
     on resume. Under torchrun every rank calls this; rank 0 returns the merged :class:`SampleSet`, the others ``None``.
+    ``class_names`` (index → name) label the rows of ``grid.png``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
@@ -303,10 +304,11 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
         _barrier(world)
         if rank != 0:
             return None
-        return _merge(Path(out_dir), num_shards, labels is not None, grid_images)
+        return _merge(Path(out_dir), num_shards, labels is not None, grid_images, class_names)
 
 
-def _merge(out_dir: Path, num_shards: int, has_labels: bool, grid_images: int) -> SampleSet:
+def _merge(out_dir: Path, num_shards: int, has_labels: bool, grid_images: int,
+           class_names: list[str] | None = None) -> SampleSet:
     images, labels, indices, nonfinite = [], [], [], 0
     for shard in range(num_shards):
         with np.load(out_dir / "shards" / f"shard_{shard:06d}.npz") as data:
@@ -322,7 +324,7 @@ def _merge(out_dir: Path, num_shards: int, has_labels: bool, grid_images: int) -
     if has_labels:
         arrays["arr_1"] = result.labels
     atomic_save_npz(out_dir / "samples.npz", **arrays)
-    save_grid(result.images, out_dir / "grid.png", grid_images, labels=result.labels)
+    save_grid(result.images, out_dir / "grid.png", grid_images, labels=result.labels, class_names=class_names)
     summary = {"num_samples": len(result.images), "nonfinite_zeroed": nonfinite}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return result
