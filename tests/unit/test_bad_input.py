@@ -176,6 +176,23 @@ CLI_CASES = [
     ("sample-classifier-as-model-points-to-x0-classifier", "sample --model {r20} --preset cifar10-resnet32 --out {tmp}/o",
      1, "--x0-classifier"),
     ("sample-resume-and-overwrite", SAMPLE + " --resume --overwrite", 2, "--overwrite"),
+    ("sample-model-missing", "sample --model {tmp}/none --out {tmp}/o", 1, "model"),
+    ("sample-labels-unknown-mode", SAMPLE + " --labels sorted", 1, "labels"),
+    ("train-classifier-ece-weight-nan", "train-classifier --data {samples_npz} --split none --out {tmp}/tc --steps 1 "
+     "--ece-weight nan", 2, "--ece-weight"),
+    ("train-classifier-device-bogus", "train-classifier --data {samples_npz} --split none --out {tmp}/tc --steps 1 "
+     "--device bogus", 2, "--device"),
+    ("train-out-is-a-file", TRAIN.replace("{tmp}/train", "{a_file}"), 2, "--out"),
+    ("eval-ref-missing", "eval {samples_npz} --ref {tmp}/none.npz --inception {inception} --device cpu", 2, "--ref"),
+    ("eval-ref-not-a-reference", "eval {samples_npz} --ref {samples_npz} --inception {inception} --device cpu", 2,
+     "--ref"),
+    ("ref-inception-missing", "ref --inception {tmp}/none.pt --device cpu --out {tmp}/r.npz {samples_npz}", 2,
+     "--inception"),
+    ("ref-inception-not-torchscript", "ref --inception {r20} --device cpu --out {tmp}/r.npz {samples_npz}", 2,
+     "--inception"),
+    ("calibrate-lr-nan", CALIBRATE + " --classifier {r20} --lr nan", 2, "--lr"),
+    ("calibrate-lr-negative", CALIBRATE + " --classifier {r20} --lr -1", 2, "lr"),
+    ("eval-classifier-bins-0", EVAL_CLF + " --classifier {r20} --bins 0", 2, "--bins"),
 ]
 
 

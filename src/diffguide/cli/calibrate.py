@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._common import device_or_fail, writable_or_fail
+from ._common import device_or_fail, finite, writable_or_fail
 
 __all__ = ["command", "load_architecture", "load_classifier", "load_split", "print_summary_table"]
 
@@ -109,12 +109,12 @@ def print_summary_table(rows: dict[str, dict]) -> None:
 @click.option("--steps", type=click.IntRange(min=0), default=500, show_default=True, help="Optimizer steps (one batch each).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Training batch size.")
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch size.")
-@click.option("--lr", type=float, default=1e-5, show_default=True, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="AdamW weight decay.")
-@click.option("--ece-weight", type=float, default=0.1, show_default=True, help="λ in CE + λ·Smooth-ECE.")
+@click.option("--lr", type=float, callback=finite, default=1e-5, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, callback=finite, default=0.0, show_default=True, help="AdamW weight decay.")
+@click.option("--ece-weight", type=float, callback=finite, default=0.1, show_default=True, help="λ in CE + λ·Smooth-ECE.")
 @click.option("--ece-form", type=click.Choice(["sample", "bin"]), default="sample", show_default=True,
               help="Smooth-ECE form: per-sample pseudo-Huber (the paper's) or per-bin.")
-@click.option("--beta", type=float, default=1e-3, show_default=True, help="Pseudo-Huber β.")
+@click.option("--beta", type=float, callback=finite, default=1e-3, show_default=True, help="Pseudo-Huber β.")
 @click.option("--bins", "num_bins", type=int, default=10, show_default=True, help="Bins of the loss (bin form) and ECE.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Checkpoint interval in steps.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the batch order.")

@@ -109,6 +109,14 @@ def command(samples, reference_path, out, split, limit, k, kid_subsets, kid_subs
             raise click.BadParameter(f"needs the labels the samples were generated for; {samples} has none",
                                      param_hint="--classifier")
         classifier = load_consistency_classifier(classifier_path, dataset.labels, extractor.device)
+        if dataset.class_names is not None:  # class folders: map their names onto the classifier's classes
+            from ..data import labels_for_classes
+
+            try:
+                dataset.labels = labels_for_classes(dataset, getattr(classifier, "class_names", None),
+                                                    getattr(classifier, "num_classes", None), what="SAMPLES")
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--classifier") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warn_if_shapes_differ(dataset.images.shape[1:], reference)
