@@ -96,7 +96,9 @@ def _x0_classifier(ctx, param, value):
 @click.option("--on-nonfinite", type=click.Choice(["raise", "zero"]), default="raise", show_default=True,
               help="A NaN/inf guidance gradient: stop with the step and samples named, or zero it, count it, go on.")
 @click.option("--resume", is_flag=True, help="Finish a run in --out started with the same arguments.")
-@click.option("--overwrite", is_flag=True, help="Delete --out and start again.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the sample run in --out: only a folder this command wrote (run.json, samples.npz, grid.png, "
+                   "summary.json, shards/), never the current directory or a folder holding an input.")
 @click.option("--device", default=None, help="Device (default: cuda:$LOCAL_RANK when there is a GPU, else cpu).")
 def command(out, resume, overwrite, device, softplus_beta, **settings):
     """Sample a diffusion model with any guidance and sampler into ADM-format samples.npz and grid.png.
