@@ -126,7 +126,7 @@ TRAIN = "train --data {samples_npz} --split none --out {tmp}/train --steps 1 --p
 
 CLI_CASES = [
     # silently wrong before
-    ("sample-unconditional-with-label", SAMPLE.replace("{model}", "{uncond}") + " --labels 2", 1, "labels"),
+    ("sample-unconditional-with-label", SAMPLE.replace("{model}", "{uncond}") + " --labels 2", 1, "--labels"),
     ("sample-softplus-negative", SAMPLE + " --x0-classifier cifar-resnet:{r20} --softplus-beta -3", 2, "--softplus-beta"),
     ("sample-softplus-nan", SAMPLE + " --x0-classifier cifar-resnet:{r20} --softplus-beta nan", 2, "--softplus-beta"),
     pytest.param("sample-cuda-without-gpu", SAMPLE + " --device cuda", 2, "--device",
@@ -161,7 +161,7 @@ CLI_CASES = [
     ("demo-scale-inf", "demo --out {tmp}/d --scale inf", 2, "--scale"),
     ("demo-cfg-w-nan", "demo --out {tmp}/d --cfg-w nan", 2, "--cfg-w"),
     ("train-channel-mult-0", TRAIN + " --channel-mult 0", 2, "--channel-mult"),
-    ("train-timesteps-10", TRAIN + " --timesteps 10", 1, "num_train_timesteps"),
+    ("train-timesteps-10", TRAIN + " --timesteps 10", 1, "--timesteps"),
     ("train-lr-nan", TRAIN + " --lr nan", 2, "--lr"),
     ("eval-classifier-labels-out-of-range", EVAL_CLF.replace("{cifar}", "{labels99_npz}") + " --split none "
      "--classifier {r20}", 2, "outside the classifier's classes"),
@@ -176,8 +176,8 @@ CLI_CASES = [
     ("sample-classifier-as-model-points-to-x0-classifier", "sample --model {r20} --preset cifar10-resnet32 --out {tmp}/o",
      1, "--x0-classifier"),
     ("sample-resume-and-overwrite", SAMPLE + " --resume --overwrite", 2, "--overwrite"),
-    ("sample-model-missing", "sample --model {tmp}/none --out {tmp}/o", 1, "model"),
-    ("sample-labels-unknown-mode", SAMPLE + " --labels sorted", 1, "labels"),
+    ("sample-model-missing", "sample --model {tmp}/none --out {tmp}/o", 1, "--model"),
+    ("sample-labels-unknown-mode", SAMPLE + " --labels sorted", 1, "--labels"),
     ("train-classifier-ece-weight-nan", "train-classifier --data {samples_npz} --split none --out {tmp}/tc --steps 1 "
      "--ece-weight nan", 2, "--ece-weight"),
     ("train-classifier-device-bogus", "train-classifier --data {samples_npz} --split none --out {tmp}/tc --steps 1 "
@@ -191,7 +191,7 @@ CLI_CASES = [
     ("ref-inception-not-torchscript", "ref --inception {r20} --device cpu --out {tmp}/r.npz {samples_npz}", 2,
      "--inception"),
     ("calibrate-lr-nan", CALIBRATE + " --classifier {r20} --lr nan", 2, "--lr"),
-    ("calibrate-lr-negative", CALIBRATE + " --classifier {r20} --lr -1", 2, "lr"),
+    ("calibrate-lr-negative", CALIBRATE + " --classifier {r20} --lr -1", 2, "--lr"),
     ("eval-classifier-bins-0", EVAL_CLF + " --classifier {r20} --bins 0", 2, "--bins"),
 ]
 

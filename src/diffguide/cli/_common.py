@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import click
 
-__all__ = ["device_or_fail", "finite", "overwrite_option", "refuse_existing", "writable_or_fail"]
+__all__ = ["dashed", "device_or_fail", "finite", "overwrite_option", "refuse_existing", "with_flag_names",
+           "writable_or_fail"]
 
 
 def finite(ctx, param, value):
@@ -49,3 +51,22 @@ def overwrite_option(function):
     return click.option("--overwrite", is_flag=True,
                         help="Replace the output files if they exist (without it an existing output is an error).")(
         function)
+
+
+_LEAD = re.compile(r"^((?:[A-Za-z]\w*\.)?[a-z_]\w*(?:, (?:[A-Za-z]\w*\.)?[a-z_]\w*)*): ")
+
+
+def with_flag_names(message: str, flags: dict[str, str]) -> str:
+    """A library message ``"lr: expected ..."`` / ``"TrainConfig.num_train_timesteps: ..."`` as the CLI user knows it:
+    the leading argument names replaced by their flags (``flags``: argument or ``Owner.field`` -> flag); names with
+    no flag are kept."""
+    match = _LEAD.match(message)
+    if not match:
+        return message
+    names = [flags.get(name, flags.get(name.rsplit(".", 1)[-1], name)) for name in match.group(1).split(", ")]
+    return ", ".join(names) + ": " + message[match.end():]
+
+
+def dashed(names) -> dict[str, str]:
+    """{python_name: --python-name} for the given argument names."""
+    return {name: "--" + name.replace("_", "-") for name in names}

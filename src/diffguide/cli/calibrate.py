@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import click
 
-from ._common import device_or_fail, finite, writable_or_fail
+from ._common import dashed, device_or_fail, finite, with_flag_names, writable_or_fail
 
 __all__ = ["command", "load_architecture", "load_classifier", "load_split", "print_summary_table"]
 
@@ -138,7 +139,8 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
                                    ece_form=ece_form, beta=beta, num_bins=num_bins,
                                    checkpoint_every=checkpoint_every, seed=seed)
     except ValueError as err:
-        raise click.BadParameter(str(err)) from None
+        flags = {**dashed(f.name for f in dataclasses.fields(CalibrationConfig)), "num_bins": "--bins"}
+        raise click.UsageError(with_flag_names(str(err), flags)) from None
     out = Path(out_dir)
     source = {"classifier": os.path.abspath(classifier_path), "loader": "diffguide.classifiers.load_cifar_resnet",
               "data": os.path.abspath(data), "train_split": train_split, "eval_split": eval_split,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -112,7 +113,7 @@ def command(out, resume, overwrite, device, softplus_beta, **settings):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite: give one of them")
     from ..api import SampleSettings, sample
-    from ._common import device_or_fail
+    from ._common import dashed, device_or_fail, with_flag_names
 
     device = device_or_fail(device) if device is not None else None
     start = time.perf_counter()
@@ -122,7 +123,9 @@ def command(out, resume, overwrite, device, softplus_beta, **settings):
     except ImportError as err:  # e.g. torchvision for --x0-classifier torchvision:NAME
         raise click.ClickException(str(err)) from None
     except (ValueError, OSError) as err:  # FileExistsError, FileNotFoundError, PermissionError are OSErrors
-        raise click.ClickException(str(err)) from None
+        flags = {**dashed(f.name for f in dataclasses.fields(SampleSettings)), "out": "--out", "clip_x0": "--no-clip",
+                 "objective_params": "--objective-param", "schedule_params": "--schedule-param"}
+        raise click.ClickException(with_flag_names(str(err), flags)) from None
     if result is not None:
         click.echo(f"{len(result.images)} samples {tuple(result.images.shape[1:])} -> {out / 'samples.npz'}, "
                    f"{out / 'grid.png'} in {time.perf_counter() - start:.1f} s"

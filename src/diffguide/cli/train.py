@@ -178,9 +178,13 @@ def apply_options(config_cls, config_file, values: dict, fields: dict):
     return config_cls.from_dict(data)
 
 
-def _fail(err: Exception):
-    raise click.ClickException(str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"
-                               ) from None
+def _fail(err: Exception, fields: dict | None = None):
+    """A library error as a one-line click error; config field names (``NetConfig.dropout``) shown as their flags."""
+    from ._common import with_flag_names
+
+    flags = {name: "--" + flag.replace("_", "-") for flag, (_, name) in (fields or {}).items()}
+    message = str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"
+    raise click.ClickException(with_flag_names(message, flags)) from None
 
 
 @click.command("train")
@@ -226,7 +230,7 @@ def command(**values):
         summary = train(config, values["out_dir"], device=device, progress=values["progress"],
                         time_limit_s=values["time_limit"])
     except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(err)
+        _fail(err, {**RUN_FIELDS, **TRAIN_FIELDS})
     print_train_summary(summary)
 
 

@@ -53,7 +53,7 @@ def command(**values):
         summary = train_classifier(config, values["out_dir"], device=device, progress=values["progress"],
                                    time_limit_s=values["time_limit"])
     except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(err)
+        _fail(err, {**RUN_FIELDS, **CLASSIFIER_FIELDS})
     print_train_summary(summary)
     report = summary.get("report")
     if report and int(os.environ.get("RANK", "0")) == 0:
