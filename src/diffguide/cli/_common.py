@@ -56,14 +56,19 @@ def overwrite_option(function):
 _LEAD = re.compile(r"^((?:[A-Za-z]\w*\.)?[a-z_]\w*(?:, (?:[A-Za-z]\w*\.)?[a-z_]\w*)*): ")
 
 
-def with_flag_names(message: str, flags: dict[str, str]) -> str:
+def with_flag_names(message: str, flags: dict[str, str], *, keep_names: bool = False) -> str:
     """A library message ``"lr: expected ..."`` / ``"TrainConfig.num_train_timesteps: ..."`` as the CLI user knows it:
-    the leading argument names replaced by their flags (``flags``: argument or ``Owner.field`` -> flag); names with
-    no flag are kept."""
+    the leading argument names replaced by their flags (``flags``: argument or ``Owner.field`` -> flag), or with
+    ``keep_names`` followed by the name in brackets (where a --config JSON holds it); names with no flag are kept."""
     match = _LEAD.match(message)
     if not match:
         return message
-    names = [flags.get(name, flags.get(name.rsplit(".", 1)[-1], name)) for name in match.group(1).split(", ")]
+
+    def shown(name: str) -> str:
+        flag = flags.get(name, flags.get(name.rsplit(".", 1)[-1]))
+        return name if flag is None else f"{flag} ({name})" if keep_names else flag
+
+    names = [shown(name) for name in match.group(1).split(", ")]
     return ", ".join(names) + ": " + message[match.end():]
 
 

@@ -184,7 +184,7 @@ def _fail(err: Exception, fields: dict | None = None):
 
     flags = {name: "--" + flag.replace("_", "-") for flag, (_, name) in (fields or {}).items()}
     message = str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"
-    raise click.ClickException(with_flag_names(message, flags)) from None
+    raise click.ClickException(with_flag_names(message, flags, keep_names=True)) from None
 
 
 @click.command("train")
