@@ -113,9 +113,10 @@ def command(out, resume, overwrite, device, softplus_beta, **settings):
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite: give one of them")
     from ..api import SampleSettings, sample
-    from ._common import dashed, device_or_fail, with_flag_names
+    from ._common import dashed, device_or_fail, with_flag_names, writable_or_fail
 
     device = device_or_fail(device) if device is not None else None
+    writable_or_fail(out, is_dir=True)  # before the model is loaded
     start = time.perf_counter()
     try:
         settings = SampleSettings(softplus_beta=softplus_beta or None, **settings)

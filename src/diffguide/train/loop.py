@@ -34,7 +34,7 @@ from ..calibration import SeededBatches, evaluate_calibration, plot_ece_over_tim
 from ..checkpoints import load_network, load_state_dict_checked, save_network
 from ..data import check_uint8_images, load_dataset, to_model_range, to_uint8
 from ..guidance.classifier import Guidance
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, spread_indices
 from ..nets.adm import EncoderUNetModel
 from ..nets.small_unet import SmallUNet, small_noisy_classifier
 from ..noise import SeededNoise
@@ -174,7 +174,7 @@ def _select(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     class, so taking the first N would keep one class)."""
     images, labels = dataset.images, dataset.labels
     if limit is not None and limit < len(images):
-        keep = (np.arange(limit) * len(images)) // limit
+        keep = spread_indices(len(images), limit)  # the one meaning of --limit (diffguide.io)
         images, labels = images[keep], None if labels is None else np.asarray(labels)[keep]
     return images, labels
 
