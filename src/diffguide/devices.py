@@ -20,7 +20,8 @@ def resolve_device(device=None, *, what: str = "device") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{what}: {device!r} is not a torch device (expected cpu, cuda, cuda:N, mps or auto)") from None
+        raise ValueError(f"{what}: {device!r} is not a torch device (expected cpu, cuda, cuda:N, mps or auto)"
+                         ) from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{what}: {device!r} asks for a GPU but torch sees none (torch {torch.__version__}, "

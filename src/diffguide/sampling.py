@@ -160,7 +160,8 @@ def _sample_run_entries(out_dir: Path) -> list[Path]:
         if not isinstance(json.loads(record.read_text()), dict):
             raise ValueError
     except (OSError, ValueError, UnicodeDecodeError):
-        raise FileExistsError(f"out: {out_dir} holds no {RUN_CONFIG} record of a diffguide sample run; {refuse}") from None
+        raise FileExistsError(f"out: {out_dir} holds no {RUN_CONFIG} record of a diffguide sample run; "
+                              f"{refuse}") from None
     entries = []
     for entry in sorted(out_dir.iterdir()):
         if entry.name == "shards" and entry.is_dir() and not entry.is_symlink():
@@ -214,7 +215,8 @@ def _prepare_output(out_dir: Path, config: dict, resume: bool, overwrite: bool, 
                 saved = json.loads(saved_path.read_text())
             except (ValueError, UnicodeDecodeError) as err:
                 raise ValueError(f"out: {saved_path} is not a readable run record ({err})") from None
-            check_same_settings(saved, config, where=f"the run in {out_dir}", hint="use the same arguments or --overwrite")
+            check_same_settings(saved, config, where=f"the run in {out_dir}",
+                                hint="use the same arguments or --overwrite")
         try:
             (out_dir / "shards").mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_dir / RUN_CONFIG, json.dumps(config, indent=1, sort_keys=True))

@@ -73,6 +73,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     images = RNG.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
     _npz(root / "samples.npz", images, np.arange(12) % 4)
     _npz(root / "labels99.npz", images, np.full(12, 99))
+    _npz(root / "labels_neg.npz", images, np.full(12, -1))
     _npz(root / "one.npz", images[:1])
     _npz(root / "grey.npz", np.full((6, 8, 8, 3), 128, np.uint8))
     (root / "empty.npz").write_bytes(b"")
@@ -93,9 +94,9 @@ def files(tmp_path_factory) -> dict[str, str]:
     reference.save(root / "ref.npz")
     return {"root": str(root), "model": str(model), "uncond": str(uncond), "r20": str(root / "resnet20.th"),
             "r32": str(root / "resnet32.th"), "inception": str(inception), "ref": str(root / "ref.npz"),
-            **{name: str(root / name) for name in ("samples.npz", "labels99.npz", "one.npz", "grey.npz", "empty.npz",
-                                                  "truncated.npz", "empty.th", "truncated.th", "text.safetensors",
-                                                  "mnist", "binary.json", "a_file", "cifar", "zebras")}}
+            **{name: str(root / name) for name in (
+                "samples.npz", "labels99.npz", "labels_neg.npz", "one.npz", "grey.npz", "empty.npz", "truncated.npz",
+                "empty.th", "truncated.th", "text.safetensors", "mnist", "binary.json", "a_file", "cifar", "zebras")}}
 
 
 def run(command: str, files: dict, tmp: Path, cwd: Path | None = None):
@@ -120,14 +121,16 @@ def assert_clear_error(result, code: int, needle: str) -> None:
 
 SAMPLE = "sample --model {model} --out {tmp}/out --num-samples 2 --batch-size 2 --steps 2"
 REF = "ref --inception {inception} --device cpu --out {tmp}/ref.npz"
-CALIBRATE = "calibrate --data {cifar} --out {tmp}/cal --steps 1 --batch-size 4 --eval-batch-size 6 --device cpu --no-progress"
+CALIBRATE = ("calibrate --data {cifar} --out {tmp}/cal --steps 1 --batch-size 4 --eval-batch-size 6 --device cpu "
+             "--no-progress")
 EVAL_CLF = "eval-classifier --data {cifar} --out {tmp}/ev --batch-size 6 --device cpu --no-progress"
 TRAIN = "train --data {samples_npz} --split none --out {tmp}/train --steps 1 --preset tiny --device cpu --no-progress"
 
 CLI_CASES = [
     # silently wrong before
     ("sample-unconditional-with-label", SAMPLE.replace("{model}", "{uncond}") + " --labels 2", 1, "--labels"),
-    ("sample-softplus-negative", SAMPLE + " --x0-classifier cifar-resnet:{r20} --softplus-beta -3", 2, "--softplus-beta"),
+    ("sample-softplus-negative", SAMPLE + " --x0-classifier cifar-resnet:{r20} --softplus-beta -3", 2,
+     "--softplus-beta"),
     ("sample-softplus-nan", SAMPLE + " --x0-classifier cifar-resnet:{r20} --softplus-beta nan", 2, "--softplus-beta"),
     pytest.param("sample-cuda-without-gpu", SAMPLE + " --device cuda", 2, "--device",
                  marks=pytest.mark.skipif(not NO_GPU, reason="needs a machine without a GPU")),
@@ -137,6 +140,9 @@ CLI_CASES = [
                  marks=pytest.mark.skipif(not NO_GPU, reason="needs a machine without a GPU")),
     ("train-dropout-1", TRAIN + " --dropout 1", 2, "--dropout"),
     ("train-time-limit-nan", TRAIN + " --time-limit nan", 2, "--time-limit"),
+    ("eval-labels-negative",
+     "eval {labels_neg_npz} --ref {ref} --inception {inception} --device cpu --out {tmp}/m.json --classifier {r20}", 2,
+     "--classifier"),
     ("eval-labels-out-of-range",
      "eval {labels99_npz} --ref {ref} --inception {inception} --device cpu --out {tmp}/m.json --classifier {r20}", 2,
      "--classifier"),
@@ -173,8 +179,8 @@ CLI_CASES = [
     ("calibrate-device-bogus", CALIBRATE.replace("cpu", "bogus") + " --classifier {r20}", 2, "--device"),
     ("train-config-binary", TRAIN + " --config {binary_json}", 2, "--config"),
     ("sample-x0-classifier-unknown-kind", SAMPLE + " --x0-classifier nosuchkind:foo", 2, "--x0-classifier"),
-    ("sample-classifier-as-model-points-to-x0-classifier", "sample --model {r20} --preset cifar10-resnet32 --out {tmp}/o",
-     1, "--x0-classifier"),
+    ("sample-classifier-as-model-points-to-x0-classifier",
+     "sample --model {r20} --preset cifar10-resnet32 --out {tmp}/o", 1, "--x0-classifier"),
     ("sample-resume-and-overwrite", SAMPLE + " --resume --overwrite", 2, "--overwrite"),
     ("sample-model-missing", "sample --model {tmp}/none --out {tmp}/o", 1, "--model"),
     ("sample-labels-unknown-mode", SAMPLE + " --labels sorted", 1, "--labels"),
@@ -298,6 +304,9 @@ def test_reports_are_not_replaced_without_overwrite(files, tmp_path, command, ex
 def test_calibrate_refuses_a_finished_run_of_other_settings_and_foreign_folders(files, tmp_path):
     result = run(CALIBRATE + " --classifier {r20}", files, tmp_path)
     assert result.exit_code == 0, result.output
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "cal" / "classifier.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     before = snapshot(tmp_path)
     for extra, needle in ((" --classifier {r32}", "classifier differs"),
                           (" --classifier {r20} --batch-size 2", "batch_size differs"),
