@@ -310,8 +310,11 @@ def test_calibrate_refuses_a_finished_run_of_other_settings_and_foreign_folders(
     before = snapshot(tmp_path)
     for extra, needle in ((" --classifier {r32}", "classifier differs"),
                           (" --classifier {r20} --batch-size 2", "batch_size differs"),
-                          (" --classifier {r20} --train-limit 3", "train_limit differs")):
-        assert_clear_error(run(CALIBRATE + extra, files, tmp_path), 1, needle)
+                          (" --classifier {r20} --train-limit 3", "train_limit differs"),
+                          (" --classifier {r20} --data {zebras}", "data differs")):
+        assert_clear_error(run(CALIBRATE.replace("--data {cifar} ", "") + (" --data {cifar}" if "--data" not in extra
+                                                                            else "") + extra, files, tmp_path), 1,
+                           needle)
         assert snapshot(tmp_path) == before
     assert run(CALIBRATE + " --classifier {r20}", files, tmp_path).exit_code == 0  # same settings: a finished resume
     foreign = tmp_path / "training"
