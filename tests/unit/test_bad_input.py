@@ -198,6 +198,8 @@ CLI_CASES = [
      "--inception"),
     ("calibrate-lr-nan", CALIBRATE + " --classifier {r20} --lr nan", 2, "--lr"),
     ("calibrate-lr-negative", CALIBRATE + " --classifier {r20} --lr -1", 2, "--lr"),
+    ("eval-classifier-image-size", EVAL_CLF.replace("{cifar}", "{samples_npz}") + " --split none --classifier {r20}",
+     2, "--data"),
     ("eval-classifier-bins-0", EVAL_CLF + " --classifier {r20} --bins 0", 2, "--bins"),
 ]
 

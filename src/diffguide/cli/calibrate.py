@@ -60,6 +60,11 @@ def load_split(source: str, split: str | None, limit: int | None, classifier=Non
         raise ValueError(f"data: {source} ({split}) has no labels; calibration needs labelled images")
     labels = labels_for_classes(dataset, getattr(classifier, "class_names", None),
                                 getattr(classifier, "num_classes", None), what="data")
+    preprocess = getattr(classifier, "preprocess", None)
+    size, (height, width) = getattr(preprocess, "size", None), dataset.images.shape[1:3]
+    if size is not None and not preprocess.resize and (height, width) != tuple(size):
+        raise ValueError(f"data: the images of {dataset.source} are {height}x{width}, but the classifier takes "
+                         f"{size[0]}x{size[1]} images")
     return dataset.images, labels
 
 

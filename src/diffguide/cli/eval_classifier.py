@@ -49,9 +49,12 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
               help="Labelled dataset for diffguide.data.load_dataset (image folder, tarball, IDX, npz).")
 @click.option("--split", default="test", show_default=True,
               help="Split to evaluate ('none' for sources without splits, e.g. npz).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate this many images, spread evenly over the split.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch size.")
-@click.option("--bins", "num_bins", type=click.IntRange(min=1), default=10, show_default=True, help="Equal-width bins of the ECE.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate this many images, spread evenly over the split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Evaluation batch size.")
+@click.option("--bins", "num_bins", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Equal-width bins of the ECE.")
 @click.option("--noise-aware", is_flag=True,
               help="The classifier is noise-aware, called as classifier(x_t, t): report ECE_t over --timesteps.")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear", show_default=True,
@@ -84,13 +87,16 @@ def command(classifier_path, weights, data, split, limit, batch_size, num_bins, 
     writable_or_fail(out, is_dir=True)
     try:
         images, labels = shared.load_split(data, split, limit, model)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="--data") from None
+    try:
         batches = SeededBatches(images, labels, batch_size, shuffle=False, convert=to_model_range)
         report = evaluate_calibration(model, batches, noise_aware=noise_aware,
                                       schedule=NoiseSchedule.create(schedule) if noise_aware else None,
                                       timesteps=timesteps, num_bins=num_bins, seed=seed,
                                       progress=not no_progress)
-    except (ValueError, FileNotFoundError) as err:
-        raise click.BadParameter(str(err), param_hint="--data") from None
+    except ValueError as err:  # e.g. --timesteps not steps of the schedule, images of another size
+        raise click.UsageError(str(err)) from None
     report["source"] = {"classifier": os.path.abspath(classifier_path),
                         "weights": os.path.abspath(weights) if weights else None, "data": os.path.abspath(data),
                         "split": split, "images": int(len(labels))}
