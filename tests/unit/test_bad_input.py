@@ -228,6 +228,12 @@ def _class_labels(*args):
     return lambda: class_labels(*args)
 
 
+def _train(**options):
+    from diffguide.train import TrainConfig, train
+
+    return lambda: train(TrainConfig(), "never-written", **options)
+
+
 API_CASES = [
     ("num_samples-2.5", _api_settings(num_samples=2.5), ValueError, "num_samples"),
     ("num_samples-negative", _api_settings(num_samples=-1), ValueError, "num_samples"),
@@ -235,6 +241,7 @@ API_CASES = [
     ("batch_size-0", _api_settings(batch_size=0), ValueError, "batch_size"),
     ("num_classes-negative", _class_labels(4, -3), ValueError, "num_classes"),
     ("labels-class-on-unconditional", _class_labels(4, None, "5"), ValueError, "labels"),
+    ("train-time_limit_s-nan", _train(time_limit_s=float("nan")), ValueError, "time_limit_s"),
 ]
 
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DataConfig", "NetConfig", "LossConfig", "OptimConfig", "TrainConfig", "ClassifierTrainConfig",
+__all__ = ["check_time_limit", "DataConfig", "NetConfig", "LossConfig", "OptimConfig", "TrainConfig", "ClassifierTrainConfig",
            "config_differences", "LOSS_KINDS", "DIFFUSION_ARCHS", "CLASSIFIER_ARCHS"]
 
 LOSS_KINDS = ("standard", "aligned")
@@ -38,6 +38,12 @@ def _integer(owner: str, name: str, value, minimum: int = 1) -> None:
 def _choice(owner: str, name: str, value, options) -> None:
     if value not in options:
         raise ValueError(f"{owner}.{name}: expected one of {list(options)}, got {value!r}")
+
+
+def check_time_limit(time_limit_s) -> None:
+    """A ValueError unless ``time_limit_s`` is None or a finite number of seconds > 0 (nan would never trigger)."""
+    if time_limit_s is not None:
+        _number("train", "time_limit_s", time_limit_s, low=0, low_open=True)
 
 
 class _Config:

@@ -41,7 +41,7 @@ from ..noise import SeededNoise
 from ..samplers import ddim
 from ..sampling import distributed_context
 from ..schedule import NoiseSchedule
-from .config import ClassifierTrainConfig, NetConfig, OptimConfig, TrainConfig, config_differences
+from .config import ClassifierTrainConfig, NetConfig, OptimConfig, TrainConfig, check_time_limit, config_differences
 from .losses import diffusion_training_loss, noised_batch
 
 __all__ = [
@@ -557,6 +557,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    check_time_limit(time_limit_s)
     with distributed_context(_device_name(device)) as (rank, world, dev):
         out = _prepare(out_dir, rank, world)
         data, images, labels, image_shape, hflip = _training_data(config, dataset)
@@ -632,6 +633,7 @@ def train_classifier(config: ClassifierTrainConfig, out_dir: str | os.PathLike, 
     pooled summary)."""
     if not isinstance(config, ClassifierTrainConfig):
         raise TypeError(f"config: expected a ClassifierTrainConfig, got {type(config).__name__}")
+    check_time_limit(time_limit_s)
     with distributed_context(_device_name(device)) as (rank, world, dev):
         out = _prepare(out_dir, rank, world)
         data, images, labels, image_shape, hflip = _training_data(config, dataset)
