@@ -64,6 +64,13 @@ class SampleSettings:
     on_nonfinite: str = "raise"
 
     def __post_init__(self):
+        for name, minimum in (("num_samples", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name}: expected an integer ≥ {minimum}, got {value!r}")
+        if not isinstance(self.model, (str, Path)) or not str(self.model):
+            raise ValueError(f"model: expected a checkpoint folder or a .pt file path, got {self.model!r}")
+        self.model = str(self.model)
         if self.cfg_w is not None and self.cfg_scale is not None:
             raise ValueError("cfg_w, cfg_scale: give one of them (cfg_scale = 1 + cfg_w)")
         if self.classifier and self.x0_classifier:
@@ -188,4 +195,4 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
                     seed=s.seed,
                     batch_size=s.batch_size, out_dir=out, config=dataclasses.asdict(s), resume=resume,
                     overwrite=overwrite, bf16=s.bf16, progress=progress, on_nonfinite=s.on_nonfinite,
-                    device=str(dev))
+                    device=str(dev), class_names=config.extra.get("class_names"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from .adapter import Denoiser
@@ -29,7 +29,7 @@ from .schedule import NoiseSchedule
 
 __all__ = [
     "NetworkConfig", "StateDictMismatchError", "convert_adm_checkpoint", "load_adm_checkpoint",
-    "load_network", "load_state_dict_checked", "read_state_dict", "save_network",
+    "load_network", "load_state_dict_checked", "read_checkpoint", "read_state_dict", "save_network", "save_safetensors",
     "WEIGHTS_NAME", "CONFIG_NAME",
 ]
 
@@ -117,8 +117,15 @@ def _mismatch_message(what: str, diff: StateDictDiff, fitting: list[str]) -> str
     if diff.mismatched:
         shown = [f"{k} (checkpoint {list(a)} vs network {list(b)})" for k, a, b in diff.mismatched]
         lines.append(f"  shape mismatches: {_listing(shown, 5)}")
-    if fitting:
-        lines.append(f"  it fits preset {' / '.join(repr(p) for p in fitting)}: load it with that preset")
+    with_schedule = [p for p in fitting if PRESETS[p].schedule is not None]
+    classifiers = [p for p in fitting if PRESETS[p].schedule is None]
+    if with_schedule:
+        lines.append(f"  it fits preset {' / '.join(repr(p) for p in with_schedule)}: load it with that preset "
+                     "(--preset for a model, --classifier-preset for a noise-aware classifier)")
+    if classifiers:
+        lines.append(f"  it fits preset {' / '.join(repr(p) for p in classifiers)}, an off-the-shelf classifier with no noise "
+                     "schedule: use it as --x0-classifier cifar-resnet:FILE (Python: "
+                     "diffguide.classifiers.load_cifar_resnet), not as a diffusion model")
     else:
         lines.append("  it fits none of the presets (diffguide.nets.PRESETS)")
     return "\n".join(lines)
@@ -143,6 +150,35 @@ def load_state_dict_checked(net: nn.Module, state_dict: Mapping[str, Tensor], *,
     return net
 
 
+def read_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dict:
+    """A checkpoint dict (model, optimizer, step, ...) read with ``torch.load(weights_only=True)``; one ValueError
+    naming the file for a missing key-value mapping, an empty, truncated, corrupt or foreign file."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        raise ValueError(f"{what} {str(path)!r}: not a PyTorch file readable with weights_only=True "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty or truncated'}); "
+                         "delete it to start again") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} {str(path)!r}: expected a checkpoint dict, got {type(data).__name__}")
+    return dict(data)
+
+
+def save_safetensors(tensors: Mapping[str, Tensor], path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
+    """Write ``tensors`` to ``path`` atomically as safetensors with the header's metadata keys sorted (safetensors
+    writes them in hash order), so identical tensors give identical bytes: a byte-reproducible release."""
+    raw = save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    blob = len(text).to_bytes(8, "little") + text + raw[8 + size:]
+    return atomic_write(Path(path), lambda tmp: tmp.write_bytes(blob))
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """A state dict from a ``.safetensors`` file or a PyTorch file read with ``torch.load(weights_only=True)``:
     a plain state dict (ADM) or a dict holding one under ``state_dict`` (CIFAR ResNets); ``module.`` stripped."""
@@ -159,7 +195,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
             raise ValueError(f"checkpoint {str(path)!r}: not a PyTorch tensor file readable with weights_only=True "
-                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'empty or truncated'})"
+                             ) from None
         if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
             data = data["state_dict"]
     if not isinstance(data, Mapping) or not data or not all(isinstance(v, Tensor) for v in data.values()):
@@ -197,8 +234,7 @@ def save_network(net: nn.Module, directory: str | os.PathLike, *, schedule: str 
         raise FileExistsError(f"directory: {str(directory)!r} already holds a checkpoint; pass overwrite=True")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    atomic_write(directory / WEIGHTS_NAME,
-                  lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt", "kind": kind}))
+    save_safetensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt", "kind": kind})
     atomic_write(directory / CONFIG_NAME,
                   lambda tmp: tmp.write_text(json.dumps(config.to_json(), indent=2) + "\n"))
     return directory

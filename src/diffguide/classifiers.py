@@ -21,11 +21,12 @@ from torch import Tensor, nn
 from .checkpoints import load_state_dict_checked, read_state_dict
 from .nets.cifar_resnet import CifarResNet, depth_from_state_dict
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Preprocess", "freeze", "load_cifar_resnet",
+__all__ = ["CIFAR10_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Preprocess", "freeze", "load_cifar_resnet",
            "torchvision_classifier"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -119,11 +120,12 @@ class ImageClassifier(nn.Module):
 
     ``module`` is any ``nn.Module`` returning logits [B, K]. It is put in eval mode with ``requires_grad=False``;
     ``train()`` keeps it in eval mode (BatchNorm statistics never change during guidance). ``num_classes``, when
-    given, is checked against the logits; ``in_channels`` against the images.
+    given, is checked against the logits; ``in_channels`` against the images. ``class_names`` (index → name), when
+    known, lets a labelled image folder be mapped onto the classifier's own classes.
     """
 
     def __init__(self, module: nn.Module, preprocess: Preprocess | None = None, *, num_classes: int | None = None,
-                 in_channels: int = 3):
+                 in_channels: int = 3, class_names: Sequence[str] | None = None):
         super().__init__()
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected an nn.Module returning logits, got {type(module).__name__}")
@@ -133,6 +135,9 @@ class ImageClassifier(nn.Module):
         self.preprocess = preprocess or Preprocess()
         self.num_classes = num_classes
         self.in_channels = in_channels
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
+        if self.class_names is not None and num_classes is not None and len(self.class_names) != num_classes:
+            raise ValueError(f"class_names: expected {num_classes} names, got {len(self.class_names)}")
         self.train(False)
 
     def train(self, mode: bool = True) -> "ImageClassifier":
@@ -191,7 +196,10 @@ def load_cifar_resnet(path_or_depth: str | os.PathLike | int, depth: int | None 
                 raise ValueError(f"depth: {str(path)!r} is a folder; say which depth to load (20, 32, 44, 56)")
             path = _find_cifar_weights(path, depth)
     state_dict = read_state_dict(path)
-    found_depth = depth_from_state_dict(state_dict)
+    try:
+        found_depth = depth_from_state_dict(state_dict)
+    except ValueError:
+        raise ValueError(f"checkpoint {str(path)!r}: not a CIFAR ResNet state dict (no 'layer1.*' keys)") from None
     if depth is not None and depth != found_depth:
         raise ValueError(f"depth: asked for ResNet-{depth}, but {str(path)!r} holds a ResNet-{found_depth}")
     num_classes = state_dict["linear.weight"].shape[0] if "linear.weight" in state_dict else 10
@@ -200,7 +208,8 @@ def load_cifar_resnet(path_or_depth: str | os.PathLike | int, depth: int | None 
     load_state_dict_checked(net, state_dict, what=str(path))
     preprocess = Preprocess(input_range=input_range, classifier_range=(0.0, 1.0), mean=mean, std=std, size=size,
                             resize=resize)
-    return ImageClassifier(net, preprocess, num_classes=num_classes).to(device)
+    return ImageClassifier(net, preprocess, num_classes=num_classes,
+                           class_names=CIFAR10_CLASSES if num_classes == 10 else None).to(device)
 
 
 def torchvision_classifier(name: str, weights=None, *, input_range=(-1.0, 1.0), resize: bool = True,
@@ -211,8 +220,10 @@ def torchvision_classifier(name: str, weights=None, *, input_range=(-1.0, 1.0), 
     try:
         import torchvision
     except ImportError as err:
-        raise ImportError("torchvision_classifier needs torchvision: pip install 'diffguide[vision]' "
-                          "(or pip install torchvision matching your torch)") from err
+        raise ImportError("torchvision: torchvision_classifier needs torchvision, which is not "
+                          "installed; install the build matching your torch "
+                          f"(pip install 'diffguide[vision]', or pip install torchvision for torch {torch.__version__})"
+                          ) from err
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"name: {name!r} is not a torchvision classification model "
                          f"(e.g. 'resnet50', 'resnet101', 'vit_b_16')")
@@ -223,9 +234,11 @@ def torchvision_classifier(name: str, weights=None, *, input_range=(-1.0, 1.0), 
         transform = weights.transforms()
         mean, std, size = tuple(transform.mean), tuple(transform.std), int(transform.crop_size[0])
         num_classes = len(weights.meta["categories"])
+        class_names = weights.meta["categories"]
     else:
         mean, std, size = IMAGENET_MEAN, IMAGENET_STD, 224
         num_classes = model_kwargs.get("num_classes", 1000)
+        class_names = None
     preprocess = Preprocess(input_range=input_range, classifier_range=(0.0, 1.0), mean=mean, std=std, size=size,
                             resize=resize)
-    return ImageClassifier(model, preprocess, num_classes=num_classes).to(device)
+    return ImageClassifier(model, preprocess, num_classes=num_classes, class_names=class_names).to(device)

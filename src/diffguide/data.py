@@ -8,7 +8,9 @@
 - an ADM-format ``.npz`` (``arr_0`` uint8 NHWC images, ``arr_1`` integer labels, optional).
 
 It returns an :class:`ImageDataset` with uint8 images [N, H, W, C] (C = 1 or 3). Files are taken in sorted path order,
-so ``limit`` / ``subset`` pick the same images on every machine; only the selected images are decoded.
+so ``limit`` / ``subset`` pick the same images on every machine; only the selected images are decoded. ``limit``
+keeps N images spread evenly over that order (:func:`diffguide.io.spread_indices`), so a class-sorted folder keeps
+every class — the one meaning of ``--limit`` in every command.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import io
 import os
 import re
 import tarfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,8 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .io import spread_indices
+
 __all__ = [
-    "ImageDataset", "load_dataset", "to_model_range", "to_uint8", "IMAGE_EXTENSIONS", "MNIST_CLASSES",
+    "ImageDataset", "labels_for_classes", "load_dataset", "to_model_range", "to_uint8", "IMAGE_EXTENSIONS", "MNIST_CLASSES",
     "FASHION_MNIST_CLASSES",
 ]
 
@@ -118,6 +124,32 @@ def to_uint8(x: Tensor, *, truncate: bool = False, range_tolerance: float = 0.5)
     return scaled.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
+def labels_for_classes(dataset: ImageDataset, class_names: Sequence[str] | None, num_classes: int | None,
+                       what: str = "data") -> np.ndarray:
+    """``dataset.labels`` as indices of a classifier's classes: class folders mapped by name onto ``class_names``
+    (a folder holding only cat/dog/truck gets 3, 5, 9 for CIFAR-10, not 0, 1, 2); labels without names (IDX, npz)
+    kept, checked to lie in [0, num_classes). A ValueError naming ``what`` for a folder the classifier has no class
+    of, or folder names the classifier cannot be matched to."""
+    if dataset.labels is None:
+        raise ValueError(f"{what}: {dataset.source} has no labels")
+    if dataset.class_names is not None:
+        if class_names is not None:
+            index = {name: k for k, name in enumerate(class_names)}
+            unknown = [c for c in dataset.class_names if c not in index]
+            if unknown:
+                raise ValueError(f"{what}: class folders {unknown} of {dataset.source} are not classes of the "
+                                 f"classifier (its classes: {list(class_names)})")
+            return np.array([index[dataset.class_names[k]] for k in dataset.labels], dtype=np.int64)
+        if num_classes is not None and len(dataset.class_names) != num_classes:
+            raise ValueError(f"{what}: {dataset.source} has {len(dataset.class_names)} class folders but the "
+                             f"classifier has {num_classes} classes and no class names to match them by")
+    labels = dataset.labels
+    if num_classes is not None and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{what}: labels of {dataset.source} lie in [{labels.min()}, {labels.max()}], outside the "
+                         f"classifier's classes [0, {num_classes - 1}]")
+    return labels
+
+
 # --------------------------------------------------------------------------------------------------------- entry
 
 
@@ -126,7 +158,8 @@ def load_dataset(source, split: str | None = None, *, limit: int | None = None,
     """Load ``source`` (IDX file or folder, image folder, tarball, ADM npz) as an :class:`ImageDataset`.
 
     ``split``: ``'train'`` / ``'test'`` for IDX folders; for image folders and tarballs, the name of the split folder
-    to read (required when the images sit under split folders). ``limit``: keep the first N images (sorted order);
+    to read (required when the images sit under split folders). ``limit``: keep N images spread evenly over the
+    sorted order (k·total // N for k < N: every class of a class-sorted folder represented);
     ``subset``: keep these positions of the sorted order (and in this order). Give at most one of the two.
     """
     path = Path(source)
@@ -172,7 +205,7 @@ class _Selection:
                 raise ValueError(f"load_dataset: subset positions must lie in [0, {total}), got "
                                  f"[{self.subset.min()}, {self.subset.max()}]")
             return self.subset
-        return np.arange(total if self.limit is None else min(self.limit, total))
+        return spread_indices(total, self.limit)
 
 
 # --------------------------------------------------------------------------------------------------------- IDX
@@ -180,7 +213,12 @@ class _Selection:
 
 def _read_maybe_gzip(path: Path) -> bytes:
     raw = path.read_bytes()
-    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, gzip.BadGzipFile) as error:  # truncated or corrupt gzip stream
+        raise ValueError(f"{path.name}: truncated or corrupt gzip file ({error}); download it again") from None
 
 
 def read_idx(path, expected_ndim: int) -> np.ndarray:
@@ -239,12 +277,20 @@ def _load_idx_images(images_file: Path, labels_file: Path | None, selection: _Se
 
 
 def _load_npz(path: Path, selection: _Selection) -> ImageDataset:
-    with np.load(path, allow_pickle=False) as data:
-        if "arr_0" not in data.files:
-            raise ValueError(f"{path.name}: not an ADM sample file: expected key 'arr_0' (uint8 NHWC images), "
-                             f"found {data.files}")
-        images = data["arr_0"]
-        labels = data["arr_1"] if "arr_1" in data.files else None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data.files:
+                raise ValueError(f"{path.name}: not an ADM sample file: expected key 'arr_0' (uint8 NHWC images), "
+                                 f"found {data.files}")
+            images = data["arr_0"]
+            labels = data["arr_1"] if "arr_1" in data.files else None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # empty, truncated or not a zip at all
+        raise ValueError(f"{path.name}: empty, truncated or corrupt .npz file "
+                         f"({type(error).__name__}: {error or 'no data'})") from None
+    except ValueError as error:
+        if str(error).startswith(path.name):
+            raise
+        raise ValueError(f"{path.name}: cannot read as an .npz file ({error})") from None
     if images.ndim == 3:
         images = images[..., None]
     check_uint8_images(images, f"{path.name}: arr_0")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Denoiser
+from .devices import resolve_device
 from .guidance.classifier import Guidance
-from .io import atomic_save_npz, atomic_write, atomic_write_text
+from .io import atomic_save_npz, atomic_write, atomic_write_text, check_same_settings, clean_stale_temporaries
 from .noise import SeededNoise
 from .samplers import SAMPLERS
 
@@ -42,6 +44,14 @@ class SampleSet:
 def class_labels(num_samples: int, num_classes: int | None, mode: str = "uniform", seed: int = 0) -> np.ndarray | None:
     """Labels of the run: ``uniform`` — i.i.d. uniform from the run seed (ADM's evaluation protocol);
     ``balanced`` — k mod K (equal counts); ``none`` or no classes — unconditional; an integer string — that class."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples: expected a positive integer, got {num_samples!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes: expected a positive integer or None (unconditional), got {num_classes!r}")
+    if num_classes is None and mode not in ("uniform", "none"):
+        raise ValueError(f"labels: the model is unconditional (no classes, and no classifier gives any), so labels "
+                         f"{mode!r} cannot be honoured; use labels 'none' (--labels none)")
     if num_classes is None or mode == "none":
         return None
     if mode == "uniform":
@@ -58,34 +68,47 @@ def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images: np.ndarray, path: Path, max_images: int = 64) -> None:
-    """A square grid PNG of the first ``max_images`` uint8 NHWC images."""
-    from PIL import Image
+def save_grid(images: np.ndarray, path: Path, max_images: int = 64, labels: np.ndarray | None = None,
+              class_names: list[str] | None = None, min_tile: int = 64) -> None:
+    """A PNG grid of uint8 NHWC images, tiles upscaled (nearest neighbour, an integer factor) to at least
+    ``min_tile`` pixels. With ``labels``: one row per class present (sorted), headed by its name (``class_names[c]``,
+    else ``class c``), holding that class's first samples; without: a square grid of the first ``max_images``."""
+    from PIL import Image, ImageDraw
 
-    images = images[:max_images]
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         raise ValueError("images: nothing to draw")
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
     h, w, c = images.shape[1:]
-    grid = np.zeros((rows * (h + 2) + 2, cols * (w + 2) + 2, c), dtype=np.uint8)
-    for k, img in enumerate(images):
-        r, q = divmod(k, cols)
-        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + q * (w + 2): 2 + q * (w + 2) + w] = img
-    atomic_write(Path(path), lambda tmp: Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(tmp, format="PNG"))
+    factor = max(1, -(-min_tile // max(h, w)))
+    if labels is not None:
+        classes = sorted(int(k) for k in np.unique(labels))
+        rows_of = {k: np.flatnonzero(labels == k) for k in classes}
+        cols = max(1, min(max(len(v) for v in rows_of.values()), max(1, max_images // len(classes)), 16))
+        cells = [[int(i) for i in rows_of[k][:cols]] for k in classes]
+        names = [class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
+                 for k in classes]
+    else:
+        n = min(len(images), max_images)
+        cols = int(np.ceil(np.sqrt(n)))
+        cells = [list(range(r, min(r + cols, n))) for r in range(0, n, cols)]
+        names = None
+    th, tw, gap = h * factor, w * factor, 2
+    label_width = 0 if names is None else 8 + 7 * max(len(name) for name in names)
+    grid = Image.new("RGB", (label_width + gap + cols * (tw + gap), gap + len(cells) * (th + gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, row in enumerate(cells):
+        top = gap + r * (th + gap)
+        if names is not None:
+            draw.text((4, top + th // 2 - 5), names[r], fill=(0, 0, 0))
+        for q, index in enumerate(row):
+            tile = Image.fromarray(images[index].squeeze(-1) if c == 1 else images[index]).convert("RGB")
+            grid.paste(tile.resize((tw, th), Image.NEAREST), (label_width + gap + q * (tw + gap), top))
+    atomic_write(Path(path), lambda tmp: grid.save(tmp, format="PNG"))
 
 
 def default_device(device: str | None = None) -> torch.device:
-    """``device`` if given (a bare ``cuda`` means this process's GPU), else ``cuda:$LOCAL_RANK`` when there is a GPU,
-    else the CPU."""
-    if device is not None:
-        dev = torch.device(device)
-        if dev.type != "cuda" or dev.index is not None:
-            return dev
-    if torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    return torch.device("cpu")
+    """:func:`diffguide.devices.resolve_device`: ``device`` if given (a bare ``cuda`` means this process's GPU), else
+    ``cuda:$LOCAL_RANK`` when there is a GPU, else the CPU; a clear ValueError for a device that is not there."""
+    return resolve_device(device)
 
 
 @contextlib.contextmanager
@@ -113,27 +136,103 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
+SAMPLE_RUN_FILES = {RUN_CONFIG, "samples.npz", "grid.png", "summary.json"}
+
+
+def _input_paths(config: dict) -> list[Path]:
+    """The existing files and folders a run's settings name (model, classifiers, including 'kind:PATH' specs)."""
+    found = []
+    for value in config.values():
+        if isinstance(value, str) and value:
+            for candidate in (value, value.split(":", 1)[-1]):
+                if Path(candidate).exists():
+                    found.append(Path(candidate).resolve())
+    return found
+
+
+def _sample_run_entries(out_dir: Path) -> list[Path]:
+    """The files of the sample run in ``out_dir`` that --overwrite may delete; a FileExistsError naming the first
+    thing there that this project did not write as a sample run (or the missing run.json record)."""
+    refuse = ("--overwrite only replaces a sample run this command wrote (run.json, samples.npz, grid.png, "
+              "summary.json, shards/); choose a new or empty --out folder")
+    record = out_dir / RUN_CONFIG
+    try:
+        if not isinstance(json.loads(record.read_text()), dict):
+            raise ValueError
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise FileExistsError(f"out: {out_dir} holds no {RUN_CONFIG} record of a diffguide sample run; "
+                              f"{refuse}") from None
+    entries = []
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name == "shards" and entry.is_dir() and not entry.is_symlink():
+            for shard in sorted(entry.iterdir()):
+                if not (shard.is_file() and not shard.is_symlink()
+                        and re.fullmatch(r"(\.)?shard_\d{6}\.npz(\.tmp\d+)?", shard.name)):
+                    raise FileExistsError(f"out: {shard} was not written by diffguide sample; {refuse}")
+                entries.append(shard)
+            entries.append(entry)
+        elif entry.is_file() and not entry.is_symlink() and (
+                entry.name in SAMPLE_RUN_FILES or re.fullmatch(r"\..+\.tmp\d+", entry.name)):
+            entries.append(entry)
+        else:
+            raise FileExistsError(f"out: {entry} was not written by diffguide sample; {refuse}")
+    return entries
+
+
+def _remove_sample_run(out_dir: Path, config: dict) -> None:
+    """Delete the sample run in ``out_dir`` file by file — never the current directory or a folder holding it, never a
+    folder holding one of the run's inputs, never anything but the files of a sample run."""
+    resolved = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise FileExistsError(f"out: {out_dir} is the current directory (or holds it); --overwrite never deletes "
+                              "that: choose a new --out folder")
+    for path in _input_paths(config):
+        if resolved == path or resolved in path.parents:
+            raise FileExistsError(f"out: {out_dir} holds an input of this run ({path}); --overwrite never deletes "
+                                  "inputs: choose a new --out folder")
+    for entry in _sample_run_entries(out_dir):
+        entry.rmdir() if entry.is_dir() else entry.unlink()
+
+
 def _prepare_output(out_dir: Path, config: dict, resume: bool, overwrite: bool, rank: int, world: int) -> None:
     out_dir = Path(out_dir)
     if rank == 0:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise FileExistsError(f"out: {out_dir} is a file, not a folder")
+        clean_stale_temporaries(out_dir)
         existing = out_dir.exists() and any(out_dir.iterdir())
         if existing and overwrite:
-            shutil.rmtree(out_dir)
+            _remove_sample_run(out_dir, config)
         elif existing and not resume:
-            raise FileExistsError(f"out: {out_dir} exists and is not empty; pass resume=True (--resume) to finish it "
-                                  "or overwrite=True (--overwrite) to start again")
+            raise FileExistsError(f"out: {out_dir} exists and is not empty; pass --resume to finish the run in it "
+                                  "or --overwrite to replace it")
         elif existing and resume:
             saved_path = out_dir / RUN_CONFIG
             if not saved_path.exists():
                 raise FileExistsError(f"out: {out_dir} holds no {RUN_CONFIG}; it is not a diffguide sampling run")
-            saved = json.loads(saved_path.read_text())
-            if saved != json.loads(json.dumps(config)):
-                diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != json.loads(json.dumps(config)).get(k))
-                raise ValueError(f"resume: the run in {out_dir} was started with different settings ({', '.join(diff)}); "
-                                 "use the same arguments or --overwrite")
-        (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / RUN_CONFIG, json.dumps(config, indent=1, sort_keys=True))
+            try:
+                saved = json.loads(saved_path.read_text())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise ValueError(f"out: {saved_path} is not a readable run record ({err})") from None
+            check_same_settings(saved, config, where=f"the run in {out_dir}",
+                                hint="use the same arguments or --overwrite")
+        try:
+            (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out_dir / RUN_CONFIG, json.dumps(config, indent=1, sort_keys=True))
+        except OSError as err:
+            raise ValueError(f"out: cannot write to {str(out_dir)!r} ({err.strerror or err})") from None
     _barrier(world)
+
+
+def _check_free_space(out_dir: Path, num_samples: int, image_shape) -> None:
+    """A ValueError before sampling when the disk cannot hold the shards plus the merged npz (2·N·C·H·W bytes of
+    uint8 images, uncompressed as np.savez writes them), instead of failing at the merge."""
+    need = 2 * num_samples * int(np.prod(image_shape)) + (1 << 20)
+    free = shutil.disk_usage(out_dir).free
+    if free < need:
+        raise ValueError(f"out: {out_dir} has {free / 2**20:.1f} MiB free, but {num_samples} samples need about "
+                         f"{need / 2**20:.1f} MiB (shards + samples.npz); free some space or choose another --out")
 
 
 def _shard_done(path: Path, expected: int) -> bool:
@@ -151,12 +250,13 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
              sampler_options: dict | None = None, seed: int = 0, batch_size: int = 64, out_dir: str | Path | None = None,
              config: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
              bf16: bool = False, progress: bool = True, on_nonfinite: str = "raise", device: str | None = None,
-             grid_images: int = 64) -> SampleSet | None:
+             grid_images: int = 64, class_names: list[str] | None = None) -> SampleSet | None:
     """Draw ``num_samples`` samples of shape ``image_shape`` (C, H, W).
 
     Without ``out_dir`` everything stays in memory (one process). With it, shards are written and merged as described
     in the module docstring; ``config`` (everything that determines the samples) is saved as ``run.json`` and must match
     on resume. Under torchrun every rank calls this; rank 0 returns the merged :class:`SampleSet`, the others ``None``.
+    ``class_names`` (index → name) label the rows of ``grid.png``.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
@@ -170,6 +270,7 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
     with distributed_context(device) as (rank, world, dev):
         if out_dir is not None:
             _prepare_output(Path(out_dir), config or {}, resume, overwrite, rank, world)
+            _check_free_space(Path(out_dir), num_samples, image_shape)
         num_shards = -(-num_samples // batch_size)
         mine = list(range(rank, num_shards, world))
         kept: dict[int, tuple] = {}
@@ -205,10 +306,11 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
         _barrier(world)
         if rank != 0:
             return None
-        return _merge(Path(out_dir), num_shards, labels is not None, grid_images)
+        return _merge(Path(out_dir), num_shards, labels is not None, grid_images, class_names)
 
 
-def _merge(out_dir: Path, num_shards: int, has_labels: bool, grid_images: int) -> SampleSet:
+def _merge(out_dir: Path, num_shards: int, has_labels: bool, grid_images: int,
+           class_names: list[str] | None = None) -> SampleSet:
     images, labels, indices, nonfinite = [], [], [], 0
     for shard in range(num_shards):
         with np.load(out_dir / "shards" / f"shard_{shard:06d}.npz") as data:
@@ -224,7 +326,7 @@ def _merge(out_dir: Path, num_shards: int, has_labels: bool, grid_images: int) -
     if has_labels:
         arrays["arr_1"] = result.labels
     atomic_save_npz(out_dir / "samples.npz", **arrays)
-    save_grid(result.images, out_dir / "grid.png", grid_images)
+    save_grid(result.images, out_dir / "grid.png", grid_images, labels=result.labels, class_names=class_names)
     summary = {"num_samples": len(result.images), "nonfinite_zeroed": nonfinite}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return result

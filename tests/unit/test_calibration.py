@@ -553,7 +553,7 @@ def test_cli_calibrate_then_eval_classifier(tmp_path, monkeypatch):
     monkeypatch.setattr("diffguide.cli.calibrate.load_architecture", lambda path: NoisyBrightness())
     result = runner.invoke(main, ["eval-classifier", "--classifier", str(checkpoint), "--data", str(data), "--out",
                                   str(evaluation), "--noise-aware", "--timesteps", "0,500,999", "--device", "cpu",
-                                  "--no-progress"])
+                                  "--no-progress", "--overwrite"])  # replaces the report written above
     assert result.exit_code == 0, result.output
     rows = json.loads((evaluation / "eval_classifier.json").read_text())["ece_t"]
     assert [row["t"] for row in rows] == [0, 500, 999] and (evaluation / "ece_t.png").exists()

@@ -70,9 +70,9 @@ def test_idx_folder_splits_gzip_and_raw(idx_folder):
 
 def test_idx_single_file_finds_its_labels_and_limits(idx_folder):
     folder, train, _ = idx_folder
-    data = load_dataset(folder / "train-images.idx3-ubyte.gz", limit=4)
-    np.testing.assert_array_equal(data.images[..., 0], train[:4])
-    np.testing.assert_array_equal(data.labels, np.arange(4))
+    data = load_dataset(folder / "train-images.idx3-ubyte.gz", limit=4)  # spread evenly: k·7 // 4 = 0, 1, 3, 5
+    np.testing.assert_array_equal(data.images[..., 0], train[[0, 1, 3, 5]])
+    np.testing.assert_array_equal(data.labels, [0, 1, 3, 5])
     data = load_dataset(folder / "train-images.idx3-ubyte.gz", subset=[6, 0])
     np.testing.assert_array_equal(data.images[..., 0], train[[6, 0]])
     np.testing.assert_array_equal(data.labels, [6, 0])
@@ -162,8 +162,9 @@ def test_tarball_equals_folder(class_tree, tmp_path, suffix, mode):
         np.testing.assert_array_equal(from_tar.images, from_folder.images)
         np.testing.assert_array_equal(from_tar.labels, from_folder.labels)
         assert from_tar.class_names == from_folder.class_names
-    limited = load_dataset(archive, "train", limit=2)
-    np.testing.assert_array_equal(limited.images, load_dataset(root, "train").images[:2])
+    limited = load_dataset(archive, "train", limit=2)  # spread evenly: positions 0 and n // 2
+    full = load_dataset(root, "train")
+    np.testing.assert_array_equal(limited.images, full.images[[0, len(full) // 2]])
     picked = load_dataset(archive, "train", subset=[5, 1])
     np.testing.assert_array_equal(picked.images, load_dataset(root, "train").images[[5, 1]])
     np.testing.assert_array_equal(picked.labels, [2, 1])  # dog (class 2), then the first cat (class 1)
@@ -211,9 +212,9 @@ def test_folder_errors(tmp_path):
 def test_adm_npz_with_and_without_labels(tmp_path):
     images = random_images(5, 4, 4)
     np.savez(tmp_path / "s.npz", images, np.array([4, 3, 2, 1, 0]))
-    data = load_dataset(tmp_path / "s.npz", limit=3)
-    np.testing.assert_array_equal(data.images, images[:3])
-    np.testing.assert_array_equal(data.labels, [4, 3, 2])
+    data = load_dataset(tmp_path / "s.npz", limit=3)  # spread evenly: k·5 // 3 = 0, 1, 3
+    np.testing.assert_array_equal(data.images, images[[0, 1, 3]])
+    np.testing.assert_array_equal(data.labels, [4, 3, 1])
     np.savez(tmp_path / "u.npz", arr_0=images[..., :1])
     assert load_dataset(tmp_path / "u.npz").labels is None
     np.savez(tmp_path / "g.npz", arr_0=images[..., 0])  # NHW: grey

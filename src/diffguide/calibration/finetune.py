@@ -24,7 +24,8 @@ from safetensors.torch import save_model
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..io import atomic_write
+from ..checkpoints import read_checkpoint
+from ..io import atomic_write, check_same_settings
 from ..schedule import NoiseSchedule
 from .evaluate import check_batch, default_timesteps, evaluate_calibration
 from .loss import LOSS_FORMS, smooth_ece_loss
@@ -192,12 +193,9 @@ def _write_json(path: Path, data) -> None:
 
 
 def _check_resumable(saved: dict, config: CalibrationConfig, path: Path) -> None:
-    current = config.to_dict()
-    changed = sorted(k for k in current if k not in CalibrationConfig._RESUMABLE and saved.get(k) != current[k])
-    if changed:
-        raise ValueError(f"{path} was written with a different configuration ({', '.join(changed)} differ: "
-                         f"{ {k: saved.get(k) for k in changed} } vs { {k: current[k] for k in changed} }); "
-                         "only steps and checkpoint_every may change on resume — use another out_dir")
+    """The one settings check (:func:`diffguide.io.check_same_settings`): only steps and checkpoint_every may change."""
+    check_same_settings(saved, config.to_dict(), where=str(path), ignore=CalibrationConfig._RESUMABLE,
+                        hint="only steps and checkpoint_every may change on resume; use another out_dir")
 
 
 def _check_train_mode(classifier: nn.Module, mode: bool) -> None:
@@ -259,7 +257,12 @@ def finetune_calibration(classifier: nn.Module, train_batches: Iterable[tuple[Te
     step, history = 0, []
     checkpoint_path = out / CHECKPOINT if out is not None else None
     if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(checkpoint_path, what="calibration checkpoint")
+        missing = [k for k in ("config", "model", "optimizer", "generator", "torch_rng", "step", "history")
+                   if k not in state]
+        if missing or not (out / BEFORE).is_file():
+            raise ValueError(f"{checkpoint_path}: not a calibration checkpoint of diffguide calibrate "
+                             f"(missing {missing or [BEFORE]}); use another out_dir")
         _check_resumable(json.loads(state["config"]), config, checkpoint_path)
         classifier.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

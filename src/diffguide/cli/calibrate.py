@@ -2,55 +2,94 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
+
+from ._common import dashed, device_or_fail, finite, with_flag_names, writable_or_fail
 
 __all__ = ["command", "load_architecture", "load_classifier", "load_split", "print_summary_table"]
 
+SOURCE = "classifier_source.json"
 
-def load_architecture(path: str) -> torch.nn.Module:
+
+def load_architecture(path: str):
     """The classifier stored at ``path`` (a CIFAR ResNet ``.th`` or ``.safetensors``) through
     ``diffguide.classifiers.load_cifar_resnet``: a frozen module that takes inputs in [−1, 1] and applies its own
     normalisation."""
-    try:
-        from diffguide.classifiers import load_cifar_resnet
-    except ImportError as err:
-        raise click.ClickException(f"cannot load CIFAR ResNets: diffguide.classifiers.load_cifar_resnet is not "
-                                   f"available ({err})") from None
+    from diffguide.classifiers import load_cifar_resnet
+
     return load_cifar_resnet(path)
 
 
-def load_classifier(path: str, weights: str | None = None, device: str = "cpu") -> torch.nn.Module:
+def load_classifier(path: str, weights: str | None = None, device: str = "cpu"):
     """:func:`load_architecture` of ``path``, with its weights replaced by ``weights`` (a state dict in safetensors
-    matching that module's keys, e.g. the ``classifier.safetensors`` of ``diffguide calibrate``) when given."""
-    model = load_architecture(path)
-    if weights is not None:
-        from safetensors.torch import load_model
+    matching that module's keys, e.g. the ``classifier.safetensors`` of ``diffguide calibrate``) when given. Every
+    unreadable, empty, truncated or foreign file is one click error naming its flag (the loader of
+    :func:`diffguide.checkpoints.read_state_dict`, as ``sample`` uses)."""
+    from diffguide.checkpoints import load_state_dict_checked, read_state_dict
+    from diffguide.classifiers import ImageClassifier
 
-        load_model(model, weights, strict=True)
+    try:
+        model = load_architecture(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="--classifier") from None
+    if weights is not None:
+        target = model.module if isinstance(model, ImageClassifier) else model
+        try:
+            load_state_dict_checked(target, read_state_dict(weights), what=str(weights))
+        except (ValueError, FileNotFoundError) as err:
+            raise click.BadParameter(str(err), param_hint="--weights") from None
     return model.to(device)
 
 
-def load_split(source: str, split: str | None, limit: int | None):
-    """Images and labels of a split; ``limit`` keeps that many images spread evenly over the (class-sorted) split, so
-    every class is represented."""
-    from diffguide.data import load_dataset
+def load_split(source: str, split: str | None, limit: int | None, classifier=None):
+    """Images and labels of a split; ``limit`` keeps that many images spread evenly over the (class-sorted) split
+    (:func:`diffguide.io.spread_indices`, as every command), so every class is represented. Class folders are mapped
+    onto the ``classifier``'s own class names (:func:`diffguide.data.labels_for_classes`)."""
+    from diffguide.data import labels_for_classes, load_dataset
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit: expected a positive image count, got {limit}")
-    dataset = load_dataset(source, split)
+    split = None if split == "none" else split  # sources without splits (npz, a single IDX file)
+    dataset = load_dataset(source, split, limit=limit)
     if dataset.labels is None:
         raise ValueError(f"data: {source} ({split}) has no labels; calibration needs labelled images")
-    images, labels = dataset.images, dataset.labels
-    if limit is not None:
-        keep = np.unique((np.arange(min(limit, len(labels))) * len(labels)) // min(limit, len(labels)))
-        images, labels = images[keep], labels[keep]
-    return images, labels
+    labels = labels_for_classes(dataset, getattr(classifier, "class_names", None),
+                                getattr(classifier, "num_classes", None), what="data")
+    preprocess = getattr(classifier, "preprocess", None)
+    size, (height, width) = getattr(preprocess, "size", None), dataset.images.shape[1:3]
+    if size is not None and not preprocess.resize and (height, width) != tuple(size):
+        raise ValueError(f"data: the images of {dataset.source} are {height}x{width}, but the classifier takes "
+                         f"{size[0]}x{size[1]} images")
+    return dataset.images, labels
+
+
+def check_calibrate_folder(out: Path, record: dict) -> None:
+    """Refuse ``out`` unless it is empty or a calibrate run of the same classifier, data and settings (only steps
+    and checkpoint_every may change): the one resumable-settings check, made before anything is written."""
+    from diffguide.calibration import CalibrationConfig
+    from diffguide.io import check_same_settings
+
+    if not out.exists() or not any(out.iterdir()):
+        return
+    source = out / SOURCE
+    if not source.is_file():
+        raise click.ClickException(f"--out: {out} is not empty and holds no {SOURCE} of a calibrate run; calibrate "
+                                   "never writes into another run's folder: choose a new or empty --out")
+    try:
+        saved = json.loads(source.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise click.ClickException(f"--out: {source} is not readable JSON ({err}); choose another --out") from None
+    try:
+        check_same_settings(saved, record, where=f"the calibrate run in {out}",
+                            ignore=CalibrationConfig._RESUMABLE + ("train_images", "eval_images"),
+                            hint="only --steps and --checkpoint-every may change; use another --out")
+    except ValueError as err:
+        raise click.ClickException(f"--out: {err}") from None
 
 
 def print_summary_table(rows: dict[str, dict]) -> None:
@@ -59,10 +98,6 @@ def print_summary_table(rows: dict[str, dict]) -> None:
     for name, s in rows.items():
         click.echo(f"{name:>8} {s['n']:>7} {s['accuracy']:>9.4f} {s['mean_confidence']:>10.4f} {s['ece']:>8.4f} "
                    f"{s['smece']:>8.4f} {s['nll']:>8.4f}")
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @click.command("calibrate")
@@ -75,20 +110,20 @@ def default_device() -> str:
                    "A checkpoint there is resumed.")
 @click.option("--train-split", default="train", show_default=True, help="Split to fine-tune on.")
 @click.option("--eval-split", default="test", show_default=True, help="Split for the before/after report.")
-@click.option("--train-limit", type=int, default=None, help="Use this many training images (spread evenly).")
-@click.option("--eval-limit", type=int, default=None, help="Use this many evaluation images (spread evenly).")
-@click.option("--steps", type=int, default=500, show_default=True, help="Optimizer steps (one batch each).")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Training batch size.")
-@click.option("--eval-batch-size", type=int, default=500, show_default=True, help="Evaluation batch size.")
-@click.option("--lr", type=float, default=1e-5, show_default=True, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="AdamW weight decay.")
-@click.option("--ece-weight", type=float, default=0.1, show_default=True, help="λ in CE + λ·Smooth-ECE.")
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use this many training images (spread evenly).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="Use this many evaluation images (spread evenly).")
+@click.option("--steps", type=click.IntRange(min=0), default=500, show_default=True, help="Optimizer steps (one batch each).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Training batch size.")
+@click.option("--eval-batch-size", type=click.IntRange(min=1), default=500, show_default=True, help="Evaluation batch size.")
+@click.option("--lr", type=float, callback=finite, default=1e-5, show_default=True, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, callback=finite, default=0.0, show_default=True, help="AdamW weight decay.")
+@click.option("--ece-weight", type=float, callback=finite, default=0.1, show_default=True, help="λ in CE + λ·Smooth-ECE.")
 @click.option("--ece-form", type=click.Choice(["sample", "bin"]), default="sample", show_default=True,
               help="Smooth-ECE form: per-sample pseudo-Huber (the paper's) or per-bin.")
-@click.option("--beta", type=float, default=1e-3, show_default=True, help="Pseudo-Huber β.")
+@click.option("--beta", type=float, callback=finite, default=1e-3, show_default=True, help="Pseudo-Huber β.")
 @click.option("--bins", "num_bins", type=int, default=10, show_default=True, help="Bins of the loss (bin form) and ECE.")
-@click.option("--checkpoint-every", type=int, default=100, show_default=True, help="Checkpoint interval in steps.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True, help="Checkpoint interval in steps.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the batch order.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
 def command(classifier_path, data, out_dir, train_split, eval_split, train_limit, eval_limit, steps, batch_size,
@@ -101,26 +136,34 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
     (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`."""
     from diffguide.calibration import CalibrationConfig, SeededBatches, finetune_calibration
     from diffguide.data import to_model_range
+    from diffguide.io import atomic_write_text, clean_stale_temporaries
 
-    device = device or default_device()
+    device = device_or_fail(device)
     try:
         config = CalibrationConfig(steps=steps, lr=lr, weight_decay=weight_decay, ece_weight=ece_weight,
                                    ece_form=ece_form, beta=beta, num_bins=num_bins,
                                    checkpoint_every=checkpoint_every, seed=seed)
-        train_images, train_labels = load_split(data, train_split, train_limit)
-        eval_images, eval_labels = load_split(data, eval_split, eval_limit)
-        train = SeededBatches(train_images, train_labels, batch_size, seed=seed, convert=to_model_range)
-        evaluation = SeededBatches(eval_images, eval_labels, eval_batch_size, shuffle=False, convert=to_model_range)
     except ValueError as err:
-        raise click.BadParameter(str(err)) from None
+        flags = {**dashed(f.name for f in dataclasses.fields(CalibrationConfig)), "num_bins": "--bins"}
+        raise click.UsageError(with_flag_names(str(err), flags)) from None
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source = {"classifier": os.path.abspath(classifier_path), "loader": "diffguide.classifiers.load_cifar_resnet",
               "data": os.path.abspath(data), "train_split": train_split, "eval_split": eval_split,
-              "train_images": int(len(train_labels)), "eval_images": int(len(eval_labels)), "batch_size": batch_size,
+              "train_limit": train_limit, "eval_limit": eval_limit, "batch_size": batch_size,
               "eval_batch_size": eval_batch_size}
-    (out / "classifier_source.json").write_text(json.dumps(source, indent=2) + "\n")
+    check_calibrate_folder(out, {**source, **config.to_dict()})
+    writable_or_fail(out, is_dir=True)
+    clean_stale_temporaries(out)
     model = load_classifier(classifier_path, device=device).requires_grad_(True)  # loaded frozen, for guidance
+    try:
+        train_images, train_labels = load_split(data, train_split, train_limit, model)
+        eval_images, eval_labels = load_split(data, eval_split, eval_limit, model)
+        train = SeededBatches(train_images, train_labels, batch_size, seed=seed, convert=to_model_range)
+        evaluation = SeededBatches(eval_images, eval_labels, eval_batch_size, shuffle=False, convert=to_model_range)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="--data") from None
+    source.update(train_images=int(len(train_labels)), eval_images=int(len(eval_labels)))
+    atomic_write_text(out / SOURCE, json.dumps({**source, **config.to_dict()}, indent=2) + "\n")
     try:
         report = finetune_calibration(model, train, evaluation, config, out_dir=out, progress=not no_progress)
     except ValueError as err:  # e.g. a checkpoint in --out written with another configuration

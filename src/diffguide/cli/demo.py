@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..samplers import SAMPLERS
+from ._common import finite
 
 
 @click.command("demo")
@@ -21,9 +22,10 @@ from ..samplers import SAMPLERS
 @click.option("--sampler", type=click.Choice(sorted(SAMPLERS)), default="ddpm", show_default=True,
               help="Sampler of the methods table (the samplers table runs every registered sampler).")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              callback=finite,
               help="Temperature of the off-the-shelf Bayes classifier used on x̂0 (< 1: overconfident).")
-@click.option("--scale", type=float, default=1.0, show_default=True, help="Classifier-guidance scale s of the EluCD method.")
-@click.option("--cfg-w", type=float, default=1.0, show_default=True,
+@click.option("--scale", type=float, default=1.0, show_default=True, callback=finite, help="Classifier-guidance scale s of the EluCD method.")
+@click.option("--cfg-w", type=float, default=1.0, show_default=True, callback=finite,
               help="Classifier-free guidance weight w (ε̃ = (1+w)ε_c − wε_∅; w = 0 is plain conditional).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the per-sample noise.")
 def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
@@ -34,6 +36,9 @@ def command(out, num_samples, steps, sampler, temperature, scale, cfg_w, seed):
 
     from ..demo import demo_floor, format_sampler_table, format_table, plot_demo, run_demo, sampler_table
 
+    from ._common import writable_or_fail
+
+    writable_or_fail(out, is_dir=True)
     # the demo's tensors are [samples, 2]: intra-op threads only add contention (10x slower on a busy 2-core machine)
     torch.set_num_threads(1)
     start = time.perf_counter()

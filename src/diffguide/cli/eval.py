@@ -10,19 +10,41 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..io import atomic_write_text
+from ._common import overwrite_option, refuse_existing, writable_or_fail
 from .ref import (batch_size_option, data_options, device_option, inception_option, load_images, make_extractor,
                   print_table)
 
 
-def class_consistency(images: np.ndarray, labels: np.ndarray, classifier_path, *, device, batch_size: int) -> float:
-    """Accuracy of the CIFAR ResNet at ``classifier_path`` (:func:`diffguide.classifiers.load_cifar_resnet`) on the
-    samples against the labels they were generated for: (1/N) Σ 1[argmax_c f(x_n)_c = y_n]."""
+def load_consistency_classifier(classifier_path, labels, device):
+    """The CIFAR ResNet at ``classifier_path`` (:func:`diffguide.classifiers.load_cifar_resnet`), after checking
+    that the samples' labels are classes of it — before any feature is extracted."""
+    from ..classifiers import load_cifar_resnet
+
+    try:
+        model = load_cifar_resnet(classifier_path, device=device).eval()
+    except (ValueError, FileNotFoundError) as error:
+        raise click.BadParameter(str(error), param_hint="--classifier") from None
+    num_classes = getattr(model, "num_classes", None)
+    bad = (labels < 0) | (labels >= (num_classes if num_classes is not None else np.iinfo(np.int64).max))
+    if bad.any():
+        classes = f"classes 0..{num_classes - 1}" if num_classes is not None else "classes from 0"
+        raise click.BadParameter(f"the samples' labels lie in [{labels.min()}, {labels.max()}], but the classifier has "
+                                 f"{classes} ({int(bad.sum())} samples outside); class "
+                                 "consistency needs the labels the samples were generated for",
+                                 param_hint="--classifier")
+    return model
+
+
+def class_consistency(images: np.ndarray, labels: np.ndarray, model, *, device, batch_size: int) -> float:
+    """Accuracy of the classifier ``model`` (a module, or the path of a CIFAR ResNet) on the samples against the
+    labels they were generated for: (1/N) Σ 1[argmax_c f(x_n)_c = y_n]."""
     import torch
 
-    from ..classifiers import load_cifar_resnet
     from ..data import to_model_range
 
-    model = load_cifar_resnet(classifier_path, device=device).eval()
+    if not isinstance(model, torch.nn.Module):
+        model = load_consistency_classifier(model, labels, device)
     correct = 0
     with torch.no_grad():
         for lo in range(0, len(images), batch_size):
@@ -57,8 +79,9 @@ def class_consistency(images: np.ndarray, labels: np.ndarray, classifier_path, *
 @inception_option
 @device_option
 @batch_size_option
+@overwrite_option
 def command(samples, reference_path, out, split, limit, k, kid_subsets, kid_subset_size, prdc_samples, seed,
-            classifier_path, inception_score, inception_path, device, batch_size):
+            classifier_path, inception_score, inception_path, device, batch_size, overwrite):
     """Score the samples SAMPLES (ADM .npz with arr_0 uint8 NHWC [and arr_1 labels], or an image folder) against a
     reference: FID, KID, precision, recall (Kynkäänniemi, k-NN), density, coverage (Naeem). Writes JSON and prints a
     table. Feature extraction resumes from <out>.partial.npz if interrupted."""
@@ -66,6 +89,9 @@ def command(samples, reference_path, out, split, limit, k, kid_subsets, kid_subs
 
     if inception_score:
         raise click.UsageError(INCEPTION_SCORE_UNAVAILABLE)
+    out = out or samples.with_name(samples.name + ".metrics.json")
+    refuse_existing([out], overwrite)
+    writable_or_fail(out, is_dir=False)
     start = time.perf_counter()
     try:
         reference = Reference.load(reference_path)
@@ -76,10 +102,21 @@ def command(samples, reference_path, out, split, limit, k, kid_subsets, kid_subs
         reference.check_network(extractor.identity)
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    dataset = load_images(samples, split, limit)
-    if classifier_path is not None and dataset.labels is None:
-        raise click.UsageError(f"--classifier needs the labels the samples were generated for; {samples} has none")
-    out = out or samples.with_name(samples.name + ".metrics.json")
+    dataset = load_images(samples, split, limit, param_hint="SAMPLES")
+    classifier = None
+    if classifier_path is not None:
+        if dataset.labels is None:
+            raise click.BadParameter(f"needs the labels the samples were generated for; {samples} has none",
+                                     param_hint="--classifier")
+        classifier = load_consistency_classifier(classifier_path, dataset.labels, extractor.device)
+        if dataset.class_names is not None:  # class folders: map their names onto the classifier's classes
+            from ..data import labels_for_classes
+
+            try:
+                dataset.labels = labels_for_classes(dataset, getattr(classifier, "class_names", None),
+                                                    getattr(classifier, "num_classes", None), what="SAMPLES")
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--classifier") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warn_if_shapes_differ(dataset.images.shape[1:], reference)
@@ -89,7 +126,7 @@ def command(samples, reference_path, out, split, limit, k, kid_subsets, kid_subs
         metrics = evaluate_features(features, reference, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                                     prdc_samples=prdc_samples, seed=seed, device=extractor.device)
     if classifier_path is not None:
-        metrics["class_consistency"] = class_consistency(dataset.images, dataset.labels, classifier_path,
+        metrics["class_consistency"] = class_consistency(dataset.images, dataset.labels, classifier,
                                                          device=extractor.device, batch_size=batch_size)
     result = {
         "metrics": metrics, "samples": dataset.source, "reference": str(reference_path),
@@ -98,8 +135,7 @@ def command(samples, reference_path, out, split, limit, k, kid_subsets, kid_subs
         "device": str(extractor.device), "feature_seconds": extracted - start,
         "seconds": time.perf_counter() - start, "warnings": [str(w.message) for w in caught],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    atomic_write_text(out, json.dumps(result, indent=1))
     for message in result["warnings"]:
         click.echo(f"warning: {message}", err=True)
     rows = [("samples", f"{metrics['num_samples']} from {dataset.source}"),

@@ -12,6 +12,7 @@ import click
 
 from ..io import atomic_write_text
 from . import calibrate as shared
+from ._common import device_or_fail, overwrite_option, refuse_existing, writable_or_fail
 
 __all__ = ["command"]
 
@@ -46,23 +47,28 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
               help="A safetensors state dict to load into the --classifier module (keys of that module).")
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Labelled dataset for diffguide.data.load_dataset (image folder, tarball, IDX, npz).")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
-@click.option("--limit", type=int, default=None, help="Evaluate this many images, spread evenly over the split.")
-@click.option("--batch-size", type=int, default=500, show_default=True, help="Evaluation batch size.")
-@click.option("--bins", "num_bins", type=int, default=10, show_default=True, help="Equal-width bins of the ECE.")
+@click.option("--split", default="test", show_default=True,
+              help="Split to evaluate ('none' for sources without splits, e.g. npz).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Evaluate this many images, spread evenly over the split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Evaluation batch size.")
+@click.option("--bins", "num_bins", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Equal-width bins of the ECE.")
 @click.option("--noise-aware", is_flag=True,
               help="The classifier is noise-aware, called as classifier(x_t, t): report ECE_t over --timesteps.")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear", show_default=True,
               help="Noise schedule for --noise-aware.")
 @click.option("--timesteps", default=None,
               help="Comma-separated original timesteps for ECE_t (default 0,100,...,900,999).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the noise for ECE_t.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the noise for ECE_t.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: eval_classifier.json, reliability.png (and ece_t.png).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@overwrite_option
 def command(classifier_path, weights, data, split, limit, batch_size, num_bins, noise_aware, schedule, timesteps, seed,
-            device, out_dir, no_progress):
+            device, out_dir, no_progress, overwrite):
     """Calibration of a classifier on a labelled dataset: accuracy, binned ECE, smECE, NLL, a reliability diagram
     and, with --noise-aware, ECE_t (per-timestep accuracy, confidence and ECE on noised inputs)."""
     from diffguide.calibration import (SeededBatches, evaluate_calibration, plot_ece_over_timesteps,
@@ -71,24 +77,29 @@ def command(classifier_path, weights, data, split, limit, batch_size, num_bins, 
     from diffguide.data import to_model_range
     from diffguide.schedule import NoiseSchedule
 
-    model = shared.load_classifier(classifier_path, weights, device or shared.default_device())
+    out = Path(out_dir)
+    timesteps = _parse_timesteps(timesteps)
+    model = shared.load_classifier(classifier_path, weights, device_or_fail(device))
     if noise_aware and not _takes_timestep(model):
         raise click.BadParameter(f"{classifier_path} does not take a timestep (it is called as classifier(x)); "
                                  "--noise-aware needs classifier(x_t, t)", param_hint="--noise-aware")
+    refuse_existing([out / name for name in ("eval_classifier.json", "reliability.png", "ece_t.png")], overwrite)
+    writable_or_fail(out, is_dir=True)
     try:
-        images, labels = shared.load_split(data, split, limit)
+        images, labels = shared.load_split(data, split, limit, model)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="--data") from None
+    try:
         batches = SeededBatches(images, labels, batch_size, shuffle=False, convert=to_model_range)
         report = evaluate_calibration(model, batches, noise_aware=noise_aware,
                                       schedule=NoiseSchedule.create(schedule) if noise_aware else None,
-                                      timesteps=_parse_timesteps(timesteps), num_bins=num_bins, seed=seed,
+                                      timesteps=timesteps, num_bins=num_bins, seed=seed,
                                       progress=not no_progress)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
+    except ValueError as err:  # e.g. --timesteps not steps of the schedule, images of another size
+        raise click.UsageError(str(err)) from None
     report["source"] = {"classifier": os.path.abspath(classifier_path),
                         "weights": os.path.abspath(weights) if weights else None, "data": os.path.abspath(data),
                         "split": split, "images": int(len(labels))}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "eval_classifier.json", json.dumps(report, indent=2) + "\n")
     summary = report["summary"]
     plot_reliability_diagram(ReliabilityBins.from_dict(summary["reliability"]), out / "reliability.png",

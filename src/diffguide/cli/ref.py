@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from ..io import atomic_write_text
+from ._common import device_or_fail, overwrite_option, refuse_existing, writable_or_fail
+
 
 def inception_option(function):
     return click.option("--inception", "inception_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -33,34 +36,30 @@ def data_options(function):
                             help="Split to read: train/test for IDX folders; the split folder name for image "
                                  "folders and tarballs (e.g. train for cifar10_jpg/train/<class>/...).")(function)
     return click.option("--limit", type=click.IntRange(min=1), default=None,
-                        help="Use only the first N images (sorted file order).")(function)
+                        help="Use N images spread evenly over the sorted order (every class of a class-folder set "
+                             "represented).")(function)
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_images(source, split, limit):
+def load_images(source, split, limit, param_hint: str = "SOURCE"):
     """The data set at ``source``, or a click error naming what is wrong with it."""
     from ..data import load_dataset
+    from ..metrics import check_image_set
 
     try:
-        return load_dataset(source, split, limit=limit)
+        dataset = load_dataset(source, split, limit=limit)
+        check_image_set(dataset.images, str(source))
     except (ValueError, TypeError, FileNotFoundError) as error:
-        raise click.BadParameter(str(error), param_hint="SOURCE") from error
+        raise click.BadParameter(str(error), param_hint=param_hint) from None
+    return dataset
 
 
 def make_extractor(inception_path, device, batch_size):
     from ..metrics import InceptionFeatures
 
     try:
-        return InceptionFeatures(inception_path, device=resolve_device(device), batch_size=batch_size)
+        return InceptionFeatures(inception_path, device=device_or_fail(device), batch_size=batch_size)
     except (FileNotFoundError, ValueError) as error:
-        raise click.UsageError(str(error)) from error
+        raise click.BadParameter(str(error), param_hint="--inception") from None
 
 
 def print_table(rows) -> None:
@@ -82,12 +81,19 @@ def print_table(rows) -> None:
 @inception_option
 @device_option
 @batch_size_option
-def command(source, out, split, limit, num_features, seed, inception_path, device, batch_size):
+@overwrite_option
+def command(source, out, split, limit, num_features, seed, inception_path, device, batch_size, overwrite):
     """Compute Inception reference statistics of the data set SOURCE (IDX file or folder, image folder, tarball with
     class folders, ADM .npz): float64 mean and covariance over all images, plus a seeded random subset of features.
     An interrupted run resumes from <out>.partial.npz."""
     from ..metrics import compute_reference
 
+    summary_path = out.with_name(out.stem + ".json")
+    if summary_path == out:
+        raise click.BadParameter("expected an .npz file name (the summary goes to the same name with .json)",
+                                 param_hint="--out")
+    refuse_existing([out, summary_path], overwrite)
+    writable_or_fail(out, is_dir=False)
     start = time.perf_counter()
     extractor = make_extractor(inception_path, device, batch_size)
     dataset = load_images(source, split, limit)
@@ -108,8 +114,7 @@ def command(source, out, split, limit, num_features, seed, inception_path, devic
         "images_per_second": reference.count / max(extracted - loaded, 1e-9),
         "warnings": [str(w.message) for w in caught],
     }
-    summary_path = out.with_name(out.stem + ".json")
-    summary_path.write_text(json.dumps(summary, indent=1))
+    atomic_write_text(summary_path, json.dumps(summary, indent=1))
     print_table([("source", dataset.source), ("images", f"{reference.count} x {reference.image_shape}"),
                  ("feature subset", f"{len(reference.features)} (seed {seed})"), ("network", str(reference.network)),
                  ("device", f"{extractor.device}, {summary['images_per_second']:.1f} images/s"),

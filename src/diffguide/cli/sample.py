@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -34,6 +35,25 @@ def _finite(ctx, param, value):
     return value
 
 
+def _softplus_beta(ctx, param, value):
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"expected a finite number > 0 (or 0 to keep the ReLUs), got {value}", ctx=ctx,
+                                 param=param)
+    return value
+
+
+X0_KINDS = ("cifar-resnet:", "torchvision:")
+
+
+def _x0_classifier(ctx, param, value):
+    if value is not None and not value.startswith(X0_KINDS) and not Path(value).is_dir():
+        kind = value.split(":", 1)[0] if ":" in value else None
+        raise click.BadParameter(f"expected 'cifar-resnet:PATH.th', 'torchvision:NAME[:WEIGHTS]' or a diffguide "
+                                 f"classifier folder, got {value!r}"
+                                 + (f" (unknown kind {kind!r})" if kind else ""), ctx=ctx, param=param)
+    return value
+
+
 @click.command("sample")
 @click.option("--model", required=True,
               help="Diffusion model: a diffguide checkpoint folder (config.json + model.safetensors), or a "
@@ -63,7 +83,7 @@ def _finite(ctx, param, value):
 @click.option("--classifier", default=None,
               help="Noise-aware classifier on x_t (ADM-G): a diffguide folder or an ADM .pt with --classifier-preset.")
 @click.option("--classifier-preset", default=None, help="Preset of a .pt --classifier (e.g. imagenet128-classifier).")
-@click.option("--x0-classifier", default=None,
+@click.option("--x0-classifier", default=None, callback=_x0_classifier,
               help="Off-the-shelf classifier on x̂0 (EluCD): 'cifar-resnet:PATH.th' or 'torchvision:NAME[:WEIGHTS]'. "
                    "Its own preprocessing (range, normalisation, resize) is applied; ReLUs act as Softplus(β).")
 @click.option("--classifier-scale", "-s", type=float, default=1.0, show_default=True, callback=_finite,
@@ -81,7 +101,7 @@ def _finite(ctx, param, value):
 @click.option("--x0-preprocess", type=click.Choice(["weights", "raw"]), default="weights", show_default=True,
               help="How the --x0-classifier sees x̂0: its weights' preprocessing (range, mean/std, resize), or 'raw' "
                    "(values in [-1, 1] at the model's resolution, EluCD's set-up).")
-@click.option("--softplus-beta", type=float, default=3.0, show_default=True,
+@click.option("--softplus-beta", type=float, default=3.0, show_default=True, callback=_softplus_beta,
               help="β of the Softplus replacing ReLUs of an --x0-classifier; 0 keeps ReLUs.")
 @click.option("--cfg-w", type=float, default=None, callback=_finite,
               help="Classifier-free guidance weight w: ε̃ = (1+w)ε_c − wε_∅ (w = 0: plain conditional).")
@@ -91,7 +111,9 @@ def _finite(ctx, param, value):
 @click.option("--on-nonfinite", type=click.Choice(["raise", "zero"]), default="raise", show_default=True,
               help="A NaN/inf guidance gradient: stop with the step and samples named, or zero it, count it, go on.")
 @click.option("--resume", is_flag=True, help="Finish a run in --out started with the same arguments.")
-@click.option("--overwrite", is_flag=True, help="Delete --out and start again.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the sample run in --out: only a folder this command wrote (run.json, samples.npz, grid.png, "
+                   "summary.json, shards/), never the current directory or a folder holding an input.")
 @click.option("--device", default=None, help="Device (default: cuda:$LOCAL_RANK when there is a GPU, else cpu).")
 @click.option("--eager", is_flag=True, help="Turn the GPU fast path off (compiled channels-last network; on by default "
               "on CUDA, off on the CPU). Samples agree within bf16/fp32 rounding either way.")
@@ -101,15 +123,27 @@ def command(out, resume, overwrite, device, softplus_beta, eager, **settings):
     Run it under `torchrun --nproc_per_node N` to split the samples over N processes: the output is the same whatever
     N. A killed run continues with --resume and ends with exactly the npz an uninterrupted run gives.
     """
+    if settings["schedule_params"] and settings["schedule"] == "constant":
+        raise click.BadParameter("the constant schedule has no parameters; give --schedule sine (gamma=...) or "
+                                 "--schedule interval (start=..., stop=...)", param_hint="--schedule-param")
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite: give one of them")
     from ..api import SampleSettings, sample
+    from ._common import dashed, device_or_fail, with_flag_names, writable_or_fail
 
+    device = device_or_fail(device) if device is not None else None
+    writable_or_fail(out, is_dir=True)  # before the model is loaded
     start = time.perf_counter()
     try:
         settings = SampleSettings(softplus_beta=softplus_beta or None, **settings)
         result = sample(settings, out=out, resume=resume, overwrite=overwrite, device=device,
                         fast=False if eager else None)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except ImportError as err:  # e.g. torchvision for --x0-classifier torchvision:NAME
         raise click.ClickException(str(err)) from None
+    except (ValueError, OSError) as err:  # FileExistsError, FileNotFoundError, PermissionError are OSErrors
+        flags = {**dashed(f.name for f in dataclasses.fields(SampleSettings)), "out": "--out", "clip_x0": "--no-clip",
+                 "objective_params": "--objective-param", "schedule_params": "--schedule-param"}
+        raise click.ClickException(with_flag_names(str(err), flags)) from None
     if result is not None:
         click.echo(f"{len(result.images)} samples {tuple(result.images.shape[1:])} -> {out / 'samples.npz'}, "
                    f"{out / 'grid.png'} in {time.perf_counter() - start:.1f} s"

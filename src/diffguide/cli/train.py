@@ -4,12 +4,13 @@ the CFG-aligned loss; resumable, data-parallel under torchrun."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import click
 
-__all__ = ["command", "run_options", "apply_options", "load_json_option"]
+__all__ = ["command", "run_options", "apply_options", "check_run_folder", "load_json_option", "read_json_file"]
 
 # flag -> (config section or None, field); every flag defaults to None = "keep the config's value".
 RUN_FIELDS = {
@@ -35,23 +36,61 @@ def _int_list(ctx, param, value):
     if value is None:
         return None
     try:
-        return [int(v) for v in str(value).replace(" ", "").split(",") if v != ""]
+        values = [int(v) for v in str(value).replace(" ", "").split(",") if v != ""]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers (e.g. 1,2,2), got {value!r}") from None
+    if any(v < 1 for v in values):
+        raise click.BadParameter(f"expected integers ≥ 1 (e.g. 1,2,2), got {value!r}")
+    return values
+
+
+def read_json_file(path, param_hint: str) -> dict:
+    """The JSON object in the file ``path``, or a click error naming the flag (binary, not JSON, not an object)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{path} is not a text file (expected a JSON object)", param_hint=param_hint) from None
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"{path} is not valid JSON ({err})", param_hint=param_hint) from None
+    except OSError as err:
+        raise click.BadParameter(f"cannot read {path} ({err.strerror or err})", param_hint=param_hint) from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path}: expected a JSON object, got {type(data).__name__}", param_hint=param_hint)
+    return data
 
 
 def load_json_option(ctx, param, value):
     """A JSON object given inline or as a path to a .json file."""
     if value is None:
         return None
-    text = Path(value).read_text() if Path(value).is_file() else value
+    if Path(value).is_file():
+        return read_json_file(value, param.opts[0] if param is not None else "--adm-kwargs")
     try:
-        data = json.loads(text)
+        data = json.loads(value)
     except json.JSONDecodeError as err:
         raise click.BadParameter(f"expected a JSON object or a path to one ({err})") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _finite(ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
+    return value
+
+
+def check_run_folder(out_dir, device) -> str:
+    """Before training: the device exists (one resolution, clear error), --out can be written, and temporaries of
+    killed writers there are removed. Returns the device name."""
+    from diffguide.io import clean_stale_temporaries
+
+    from ._common import device_or_fail, writable_or_fail
+
+    device = device_or_fail(device) if device is not None else None
+    writable_or_fail(out_dir, is_dir=True)
+    clean_stale_temporaries(out_dir)
+    return device
 
 
 def run_options(function):
@@ -74,16 +113,17 @@ def run_options(function):
         click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps. [default: 10000 / 5000]"),
         click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size (split over DDP processes). "
                                                                       "[default: 128]"),
-        click.option("--lr", type=float, help="AdamW learning rate. [default: 2e-4 / 3e-4]"),
-        click.option("--weight-decay", type=float, help="AdamW weight decay. [default: 0 / 0.05]"),
+        click.option("--lr", type=float, callback=_finite, help="AdamW learning rate. [default: 2e-4 / 3e-4]"),
+        click.option("--weight-decay", type=float, callback=_finite, help="AdamW weight decay. [default: 0 / 0.05]"),
         click.option("--warmup", type=click.IntRange(min=0), help="Linear learning-rate warm-up steps. "
-                                                                  "[default: 500 / 200]"),
-        click.option("--grad-clip", type=float, help="Max global gradient norm, 0 = off. [default: 1.0]"),
-        click.option("--ema-decay", type=float, help="EMA decay of the weights (released and sampled); 0 = no EMA. "
+                                                                  "[default: min(500, steps/10) / 200]"),
+        click.option("--grad-clip", type=float, callback=_finite, help="Max global gradient norm, 0 = off. [default: 1.0]"),
+        click.option("--ema-decay", type=float, callback=_finite, help="EMA decay of the weights (released and sampled); 0 = no EMA. "
                                                      "[default: 0.9999 / 0]"),
         click.option("--bf16/--no-bf16", default=None, help="bf16 autocast on CUDA. [default: on]"),
         click.option("--schedule", type=click.Choice(["linear", "cosine"]), help="Noise schedule. [default: linear]"),
-        click.option("--timesteps", type=click.IntRange(min=2), help="T of the noise schedule. [default: 1000]"),
+        click.option("--timesteps", type=click.IntRange(min=2),
+                     help="T of the noise schedule (linear: T ≥ 21, so that β_T = 0.02·1000/T < 1). [default: 1000]"),
         click.option("--seed", type=click.IntRange(min=0), help="Seed of initialisation, data order and noise. "
                                                                 "[default: 0]"),
         click.option("--log-every", type=click.IntRange(min=1), help="Steps per log.jsonl record. [default: 50]"),
@@ -96,12 +136,13 @@ def run_options(function):
         click.option("--num-res-blocks", type=click.IntRange(min=1), help="Residual blocks per level."),
         click.option("--attention-resolutions", callback=_int_list,
                      help="Downsample rates with self-attention, e.g. 4 (empty string: none)."),
-        click.option("--dropout", type=float, help="Dropout in residual blocks. [default: 0]"),
+        click.option("--dropout", type=click.FloatRange(min=0, max=1, max_open=True), callback=_finite,
+                     help="Dropout probability in residual blocks, in [0, 1). [default: 0]"),
         click.option("--adm-kwargs", callback=load_json_option,
                      help="ADM constructor arguments (JSON or .json path) for --net adm_unet / adm_classifier; "
                           "image_size, channels and classes come from the data."),
         click.option("--device", help="Device [default: cuda:LOCAL_RANK if available, else cpu]."),
-        click.option("--time-limit", type=click.FloatRange(min=0, min_open=True),
+        click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), callback=_finite,
                      help="Stop after this many seconds of training (checkpoint, samples and release still written)."),
         click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar."),
         click.option("--eager", is_flag=True, help="Turn the GPU fast path off (torch.compile, channels-last, fused "
@@ -118,8 +159,11 @@ def apply_options(config_cls, config_file, values: dict, fields: dict):
     from diffguide.nets.small_unet import SMALL_UNET_PRESETS
     from diffguide.train.config import NetConfig
 
-    data = config_cls.from_dict(json.loads(Path(config_file).read_text())).to_dict() if config_file \
-        else config_cls().to_dict()
+    try:
+        data = config_cls.from_dict(read_json_file(config_file, "--config")).to_dict() if config_file \
+            else config_cls().to_dict()
+    except (ValueError, TypeError) as err:
+        raise click.BadParameter(str(err), param_hint="--config") from None
     preset = values.get("preset")
     if preset is not None:
         data["net"].update({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL_UNET_PRESETS[preset].items()})
@@ -136,8 +180,13 @@ def apply_options(config_cls, config_file, values: dict, fields: dict):
     return config_cls.from_dict(data)
 
 
-def _fail(err: Exception):
-    raise click.ClickException(f"{type(err).__name__}: {err}") from None
+def _fail(err: Exception, fields: dict | None = None):
+    """A library error as a one-line click error; config field names (``NetConfig.dropout``) shown as their flags."""
+    from ._common import with_flag_names
+
+    flags = {name: "--" + flag.replace("_", "-") for flag, (_, name) in (fields or {}).items()}
+    message = str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"
+    raise click.ClickException(with_flag_names(message, flags, keep_names=True)) from None
 
 
 @click.command("train")
@@ -179,10 +228,11 @@ def command(**values):
             data = config.to_dict()
             data["net"]["class_conditional"] = False
             config = TrainConfig.from_dict(data)
-        summary = train(config, values["out_dir"], device=values["device"], progress=values["progress"],
+        device = check_run_folder(values["out_dir"], values["device"])
+        summary = train(config, values["out_dir"], device=device, progress=values["progress"],
                         time_limit_s=values["time_limit"], fast=False if values["eager"] else None)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(err)
+        _fail(err, {**RUN_FIELDS, **TRAIN_FIELDS})
     print_train_summary(summary)
 
 

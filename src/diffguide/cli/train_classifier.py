@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .train import RUN_FIELDS, _fail, apply_options, print_train_summary, run_options
+from .train import RUN_FIELDS, _fail, _finite, apply_options, check_run_folder, print_train_summary, run_options
 
 __all__ = ["command"]
 
@@ -31,10 +31,10 @@ def _int_list(ctx, param, value):
 @click.option("--net", type=click.Choice(["small_classifier", "adm_classifier"]),
               help="small_classifier (a small EncoderUNetModel preset) or adm_classifier (ADM EncoderUNetModel from "
                    "--adm-kwargs). [default: small_classifier]")
-@click.option("--ece-weight", type=float, help="λ of CE + λ·Smooth-ECE (diffguide.calibration.smooth_ece_loss); "
+@click.option("--ece-weight", type=float, callback=_finite, help="λ of CE + λ·Smooth-ECE (diffguide.calibration.smooth_ece_loss); "
                                                "0 = cross-entropy only. [default: 0]")
 @click.option("--ece-form", type=click.Choice(["sample", "bin"]), help="Smooth-ECE loss form. [default: sample]")
-@click.option("--ece-beta", type=float, help="Pseudo-Huber β of the Smooth-ECE loss. [default: 1e-3]")
+@click.option("--ece-beta", type=float, callback=_finite, help="Pseudo-Huber β of the Smooth-ECE loss. [default: 1e-3]")
 @click.option("--eval-split", help="Split of the per-noise-level report ('none': no report). [default: test]")
 @click.option("--eval-limit", type=click.IntRange(min=1), help="Evaluate on N images spread evenly over the split.")
 @click.option("--eval-timesteps", callback=_int_list,
@@ -49,10 +49,11 @@ def command(**values):
     try:
         config = apply_options(ClassifierTrainConfig, values.pop("config_file"), values,
                                {**RUN_FIELDS, **CLASSIFIER_FIELDS})
-        summary = train_classifier(config, values["out_dir"], device=values["device"], progress=values["progress"],
+        device = check_run_folder(values["out_dir"], values["device"])
+        summary = train_classifier(config, values["out_dir"], device=device, progress=values["progress"],
                                    time_limit_s=values["time_limit"], fast=False if values["eager"] else None)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(err)
+        _fail(err, {**RUN_FIELDS, **CLASSIFIER_FIELDS})
     print_train_summary(summary)
     report = summary.get("report")
     if report and int(os.environ.get("RANK", "0")) == 0:

@@ -21,7 +21,7 @@ from .prdc import PRDC, prdc
 __all__ = [
     "Reference", "compute_reference", "evaluate_features", "feature_statistics", "frechet_distance",
     "fid_from_features", "kernel_inception_distance", "prdc", "PRDC", "InceptionFeatures", "NetworkIdentity",
-    "resolve_inception_path", "FEATURE_DIM", "REFERENCE_FORMAT", "INCEPTION_SCORE_UNAVAILABLE",
+    "resolve_inception_path", "FEATURE_DIM", "check_image_set", "REFERENCE_FORMAT", "INCEPTION_SCORE_UNAVAILABLE",
 ]
 
 REFERENCE_FORMAT = "diffguide-reference-v1"
@@ -66,8 +66,11 @@ class Reference:
                 return cls(mu=data["mu"], sigma=data["sigma"], features=data["features"], indices=data["indices"],
                            count=int(data["count"]), network=NetworkIdentity.parse(str(data["network"])),
                            source=str(data["source"]), image_shape=tuple(int(v) for v in data["image_shape"]))
-        except (OSError, KeyError) as error:
-            raise ValueError(f"{path.name}: cannot read as a diffguide reference file ({error})") from error
+        except ValueError:
+            raise
+        except Exception as error:  # OSError, KeyError, zipfile.BadZipFile, EOFError: empty, truncated, foreign
+            raise ValueError(f"{path.name}: cannot read as a diffguide reference file "
+                             f"({type(error).__name__}: {error or 'empty or truncated'})") from None
 
     def check_network(self, identity: NetworkIdentity) -> None:
         """ValueError unless these reference features come from the network ``identity``."""
@@ -76,12 +79,25 @@ class Reference:
                              f"with {identity}; recompute the reference with the same Inception file")
 
 
+def check_image_set(images: np.ndarray, name: str = "images") -> None:
+    """Before any feature is extracted: a ValueError unless ``images`` holds at least 2 images that are not all the
+    same (one image, or a set of identical — e.g. all-grey — images, has no feature covariance, and the k-NN radii
+    of precision/recall are all zero)."""
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"{name}: {n} image(s); FID, KID and precision/recall need at least 2 (usually 10k-50k)")
+    if not (images != images[:1]).any():
+        raise ValueError(f"{name}: all {n} images are identical (e.g. a grey set): their features have no spread, "
+                         "so FID/KID/precision/recall are undefined")
+
+
 def compute_reference(images: np.ndarray, extractor: InceptionFeatures, *, source: str, num_features: int = 10_000,
                       seed: int = 0, progress: bool = False, resume_file=None) -> Reference:
     """Features of all ``images`` (uint8 [N, H, W, C]) -> μ, Σ over all of them and a random subset of
     ``num_features`` features (positions drawn without replacement by ``numpy.random.default_rng(seed)``, sorted)."""
     if num_features < 1:
         raise ValueError(f"compute_reference: num_features must be positive, got {num_features}")
+    check_image_set(images, source)
     features = extractor(images, progress=progress, desc="reference features", resume_file=resume_file)
     mu, sigma = feature_statistics(features, "reference features")
     n = len(features)

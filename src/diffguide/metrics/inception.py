@@ -166,7 +166,9 @@ class InceptionFeatures:
     def __init__(self, path=None, *, device=None, batch_size: int | None = None):
         self.path = resolve_inception_path(path)
         self.identity = network_identity(self.path)
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        from ..devices import resolve_device
+
+        self.device = resolve_device(device)
         if batch_size is None:  # benchmarks/cifar_throughput.py measures the batch sizes (docs/performance.md)
             batch_size = 250 if self.device.type == "cuda" else 64
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -233,8 +235,11 @@ class _Checkpoint:
         """The saved features (one block) if the file belongs to these images and network, else nothing."""
         if not self.path.exists():
             return []
-        with np.load(self.path, allow_pickle=False) as data:
-            return [data["features"]] if str(data["key"]) == self.key else []
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                return [data["features"]] if str(data["key"]) == self.key else []
+        except Exception:  # a partial file this module wrote, damaged (e.g. a full disk): start again
+            return []
 
     def maybe_save(self, blocks: list[np.ndarray]) -> None:
         if self._clock() - self._last < self.every_s:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DataConfig", "NetConfig", "LossConfig", "OptimConfig", "TrainConfig", "ClassifierTrainConfig",
+__all__ = ["check_time_limit", "DataConfig", "NetConfig", "LossConfig", "OptimConfig", "TrainConfig", "ClassifierTrainConfig",
            "config_differences", "LOSS_KINDS", "DIFFUSION_ARCHS", "CLASSIFIER_ARCHS"]
 
 LOSS_KINDS = ("standard", "aligned")
@@ -38,6 +38,12 @@ def _integer(owner: str, name: str, value, minimum: int = 1) -> None:
 def _choice(owner: str, name: str, value, options) -> None:
     if value not in options:
         raise ValueError(f"{owner}.{name}: expected one of {list(options)}, got {value!r}")
+
+
+def check_time_limit(time_limit_s) -> None:
+    """A ValueError unless ``time_limit_s`` is None or a finite number of seconds > 0 (nan would never trigger)."""
+    if time_limit_s is not None:
+        _number("train", "time_limit_s", time_limit_s, low=0, low_open=True)
 
 
 class _Config:
@@ -115,6 +121,13 @@ class NetConfig(_Config):
         self.channel_mult = [int(m) for m in self.channel_mult]
         self.attention_resolutions = [int(r) for r in self.attention_resolutions]
         _number("NetConfig", "dropout", self.dropout, low=0, high=1)
+        if self.dropout == 1:
+            raise ValueError("NetConfig.dropout: expected a number in [0, 1) (1 drops every activation), got 1")
+        if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"NetConfig.channel_mult: expected one or more multipliers ≥ 1, got {self.channel_mult}")
+        if any(r < 1 for r in self.attention_resolutions):
+            raise ValueError(f"NetConfig.attention_resolutions: expected downsample rates ≥ 1, got "
+                             f"{self.attention_resolutions}")
         if self.arch.startswith("adm") and not isinstance(self.adm_kwargs, dict):
             raise ValueError(f"NetConfig.adm_kwargs: arch={self.arch!r} needs the ADM constructor arguments as a dict "
                              "(e.g. model_channels, num_res_blocks, attention_resolutions, channel_mult)")
@@ -167,8 +180,9 @@ class OptimConfig(_Config):
     lr: float = 2e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 500
-    """lr_k = lr · min(1, (k + 1)/warmup_steps)."""
+    warmup_steps: int | None = None
+    """lr_k = lr · min(1, (k + 1)/W) with W = warmup_steps; None (the default) scales it to the run: W =
+    min(500, steps // 10), so a 50-step run warms up over 5 steps instead of never reaching the learning rate."""
     grad_clip: float = 1.0
     """max global gradient norm; 0 turns clipping off."""
     ema_decay: float = 0.9999
@@ -185,11 +199,19 @@ class OptimConfig(_Config):
         self.betas = [float(b) for b in self.betas]
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"OptimConfig.betas: expected two numbers in [0, 1), got {self.betas!r}")
-        _integer("OptimConfig", "warmup_steps", self.warmup_steps, minimum=0)
+        if self.warmup_steps is not None:
+            _integer("OptimConfig", "warmup_steps", self.warmup_steps, minimum=0)
         _number("OptimConfig", "grad_clip", self.grad_clip, low=0)
         _number("OptimConfig", "ema_decay", self.ema_decay, low=0, high=1)
         if self.ema_decay == 1:
             raise ValueError("OptimConfig.ema_decay: expected a number < 1 (1 would never move the EMA)")
+
+    def warmup(self, total_steps: int | None = None) -> int:
+        """The warm-up length W: ``warmup_steps``, or min(500, total_steps // 10) when it is None (500 without
+        ``total_steps``)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return 500 if total_steps is None else min(500, total_steps // 10)
 
 
 @dataclass
@@ -212,6 +234,9 @@ class _RunConfig(_Config):
         _integer(owner, "steps", self.steps, minimum=0)
         _choice(owner, "schedule", self.schedule, ("linear", "cosine"))
         _integer(owner, "num_train_timesteps", self.num_train_timesteps, minimum=2)
+        if self.schedule == "linear" and self.num_train_timesteps <= 20:
+            raise ValueError(f"{owner}.num_train_timesteps: the linear schedule's largest β is 0.02·1000/T, which must "
+                             f"be < 1, so T ≥ 21; got {self.num_train_timesteps} (or use the cosine schedule)")
         _integer(owner, "seed", self.seed, minimum=0)
         _integer(owner, "log_every", self.log_every)
         _integer(owner, "checkpoint_every", self.checkpoint_every)
@@ -240,6 +265,9 @@ class TrainConfig(_RunConfig):
         _integer("TrainConfig", "sample_every", self.sample_every, minimum=0)
         _number("TrainConfig", "sample_w", self.sample_w)
         _integer("TrainConfig", "sample_steps", self.sample_steps)
+        if self.sample_steps > self.num_train_timesteps:
+            raise ValueError(f"TrainConfig.sample_steps: {self.sample_steps} sampling steps of a "
+                             f"{self.num_train_timesteps}-step schedule; expected at most {self.num_train_timesteps}")
         _integer("TrainConfig", "samples_per_class", self.samples_per_class)
         if not self.net.class_conditional and self.loss.kind == "aligned":
             raise ValueError("LossConfig.kind: the aligned CFG loss needs a class-conditional network "

@@ -35,14 +35,14 @@ from ..calibration import SeededBatches, evaluate_calibration, plot_ece_over_tim
 from ..checkpoints import load_network, load_state_dict_checked, save_network
 from ..data import check_uint8_images, load_dataset, to_model_range, to_uint8
 from ..guidance.classifier import Guidance
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write, atomic_write_text, spread_indices
 from ..nets.adm import EncoderUNetModel
 from ..nets.small_unet import SmallUNet, small_noisy_classifier
 from ..noise import SeededNoise
 from ..samplers import ddim
 from ..sampling import distributed_context
 from ..schedule import NoiseSchedule
-from .config import ClassifierTrainConfig, NetConfig, OptimConfig, TrainConfig, config_differences
+from .config import ClassifierTrainConfig, NetConfig, OptimConfig, TrainConfig, check_time_limit, config_differences
 from .losses import diffusion_training_loss, noised_batch
 
 __all__ = [
@@ -62,11 +62,12 @@ Objective = Callable[[nn.Module, Tensor, Tensor | None, torch.Generator], tuple[
 
 # ----------------------------------------------------------------------------------------------- schedules
 
-def learning_rate(step: int, optim: OptimConfig) -> float:
-    """lr_k = lr · min(1, (k + 1)/warmup_steps) (k counted from 0; no warm-up when warmup_steps = 0)."""
-    if optim.warmup_steps == 0:
+def learning_rate(step: int, optim: OptimConfig, total_steps: int | None = None) -> float:
+    """lr_k = lr · min(1, (k + 1)/W) (k counted from 0; no warm-up when W = 0), W = ``optim.warmup(total_steps)``."""
+    warmup = optim.warmup(total_steps)
+    if warmup == 0:
         return optim.lr
-    return optim.lr * min(1.0, (step + 1) / optim.warmup_steps)
+    return optim.lr * min(1.0, (step + 1) / warmup)
 
 
 def ema_decay_at(step: int, optim: OptimConfig) -> float:
@@ -174,7 +175,7 @@ def _select(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     class, so taking the first N would keep one class)."""
     images, labels = dataset.images, dataset.labels
     if limit is not None and limit < len(images):
-        keep = (np.arange(limit) * len(images)) // limit
+        keep = spread_indices(len(images), limit)  # the one meaning of --limit (diffguide.io)
         images, labels = images[keep], None if labels is None else np.asarray(labels)[keep]
     return images, labels
 
@@ -452,7 +453,7 @@ class _Run:
             while self.step < config.steps:
                 generator = step_generator(config.seed, self.rank, self.step, self.device)
                 x, y = self.batches.batch(self.step, generator)
-                lr = learning_rate(self.step, config.optim)
+                lr = learning_rate(self.step, config.optim, config.steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -560,6 +561,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+    check_time_limit(time_limit_s)
     with distributed_context(_device_name(device)) as (rank, world, dev):
         out = _prepare(out_dir, rank, world)
         data, images, labels, image_shape, hflip = _training_data(config, dataset)
@@ -636,6 +638,7 @@ def train_classifier(config: ClassifierTrainConfig, out_dir: str | os.PathLike, 
     pooled summary)."""
     if not isinstance(config, ClassifierTrainConfig):
         raise TypeError(f"config: expected a ClassifierTrainConfig, got {type(config).__name__}")
+    check_time_limit(time_limit_s)
     with distributed_context(_device_name(device)) as (rank, world, dev):
         out = _prepare(out_dir, rank, world)
         data, images, labels, image_shape, hflip = _training_data(config, dataset)
