@@ -16,17 +16,7 @@ import click
 import torch
 
 from diffguide.studies.guidance_study import DEFAULT_SEEDS, run_study
-
-
-def parse_seeds(value: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in value.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if len(seeds) < 2 or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise click.BadParameter(f"expected at least two distinct non-negative integers, e.g. 0,1,2; got {value!r}",
-                                 param_hint="--seeds")
-    return seeds
+from diffguide.studies.options import parse_seeds
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
