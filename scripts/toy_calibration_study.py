@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import torch
 
-from diffguide.studies.calibration_study import DEFAULT_SEEDS, run_study
+from diffguide.studies.calibration_study import DEFAULT_SEEDS, render, run_study
 from diffguide.studies.options import parse_seeds
 
 
@@ -30,13 +30,20 @@ from diffguide.studies.options import parse_seeds
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the PNG figures.")
 @click.option("--compare-with", type=click.Path(exists=True, dir_okay=False), default=None,
               help="toy_calibration.json of a run on another CPU kernel set: its verdicts are listed next to these.")
-def main(out, seeds, quick, threads, figures, compare_with):
+@click.option("--render-only", is_flag=True,
+              help="Recompute the claims and rewrite the .md/.json in --out from its JSON (no sampling, figures kept).")
+def main(out, seeds, quick, threads, figures, compare_with, render_only):
     """Smooth-ECE fine-tuning of a noise-aware classifier on the exact mixture; writes markdown, JSON and figures."""
     torch.set_num_threads(threads)
-    data = run_study(Path(out), parse_seeds(seeds), quick, figures=figures, compare_with=compare_with)
+    if render_only:
+        if not (Path(out) / "toy_calibration.json").is_file():
+            raise click.BadParameter(f"no toy_calibration.json in {out} to render from", param_hint="--out")
+        data = render(Path(out), compare_with)
+    else:
+        data = run_study(Path(out), parse_seeds(seeds), quick, figures=figures, compare_with=compare_with)
     for c in data["claims"]:
         print(f"[{c['verdict'].upper()}] {c['claim']}: {c['counts']}")
-    print(f"wrote {out}/toy_calibration.md (+ .json{', figures' if figures else ''})")
+    print(f"wrote {out}/toy_calibration.md (+ .json{', figures' if figures and not render_only else ''})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import torch
 
-from diffguide.studies.guidance_study import DEFAULT_SEEDS, run_study
+from diffguide.studies.guidance_study import DEFAULT_SEEDS, render, run_study
 from diffguide.studies.options import parse_seeds
 
 
@@ -25,20 +25,29 @@ from diffguide.studies.options import parse_seeds
 @click.option("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), show_default=True,
               help="Comma-separated seeds (per-sample noise streams); at least two (paired t-tests).")
 @click.option("--quick", is_flag=True, help="A tiny grid, few samples and steps (for the smoke test; not a result).")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Samples per run (default 1000; 40 with --quick).")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Samples per run (default 1000; 40 with --quick).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="DDPM steps (default 100; 10 with --quick).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads (1 avoids oversubscription on a shared machine).")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Draw the PNG figures.")
 @click.option("--compare-with", type=click.Path(exists=True, dir_okay=False), default=None,
               help="toy_guidance.json of a run on another CPU kernel set: its verdicts are listed next to these.")
-def main(out, seeds, quick, samples, steps, threads, figures, compare_with):
+@click.option("--render-only", is_flag=True,
+              help="Recompute the claims and rewrite the .md/.json in --out from its JSON (no sampling, figures kept).")
+def main(out, seeds, quick, samples, steps, threads, figures, compare_with, render_only):
     """Regularized guidance study on the exact Gaussian mixture; writes markdown, JSON and figures."""
     torch.set_num_threads(threads)
-    data = run_study(Path(out), parse_seeds(seeds), quick, samples, steps, figures=figures, compare_with=compare_with)
+    if render_only:
+        if not (Path(out) / "toy_guidance.json").is_file():
+            raise click.BadParameter(f"no toy_guidance.json in {out} to render from", param_hint="--out")
+        data = render(Path(out), compare_with)
+    else:
+        data = run_study(Path(out), parse_seeds(seeds), quick, samples, steps, figures=figures,
+                         compare_with=compare_with)
     for c in data["claims"]:
         print(f"[{c['verdict'].upper()}] {c['claim']}: {c['counts']}")
-    print(f"wrote {out}/toy_guidance.md (+ .json{', figures' if figures else ''})")
+    print(f"wrote {out}/toy_guidance.md (+ .json{', figures' if figures and not render_only else ''})")
 
 
 if __name__ == "__main__":

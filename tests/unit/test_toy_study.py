@@ -82,7 +82,8 @@ def test_sample_metrics_on_exact_samples():
 
 def test_diverged_samples_are_failures_in_every_metric():
     """40 diverged samples (10 per class of 1000) are scored, not dropped: accuracy and precision lose exactly their
-    share, each class's mode shares are those of its 990 good samples out of 1000, and the distance stays finite and grows."""
+    share, each class's mode shares are those of its 990 good samples out of 1000, and the distance stays finite and
+    grows."""
     mixture = study_mixture()
     labels = torch.arange(4000) % 4
     x, _ = mixture.sample(4000, labels, generator=torch.Generator().manual_seed(0))
@@ -132,6 +133,21 @@ def test_guidance_study_quick_writes_documented_outputs(tmp_path):
     assert "α = 0.05" in text and "wall time" not in text
 
 
+def test_render_from_json_reproduces_the_report(tmp_path):
+    """--render-only recomputes the claims from the JSON alone and writes the same report; a comparison with a run
+    on the same kernel set lists every verdict as unchanged."""
+    guidance_study.run_study(tmp_path, seeds=[0, 1], quick=True, progress=False, figures=False)
+    text, saved = (tmp_path / "toy_guidance.md").read_text(), (tmp_path / "toy_guidance.json").read_text()
+    guidance_study.render(tmp_path)
+    assert (tmp_path / "toy_guidance.md").read_text() == text
+    assert (tmp_path / "toy_guidance.json").read_text() == saved
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "toy_guidance.json").write_text(saved)
+    data = guidance_study.render(tmp_path, tmp_path / "other" / "toy_guidance.json")
+    compared = (tmp_path / "toy_guidance.md").read_text()
+    assert f"0 of {len(data['claims'])} verdicts differ between the two kernel sets." in compared
+
+
 def test_objective_level_figure_is_written(tmp_path):
     """Figures are left out of the quick runs above (matplotlib layout is slow); one of them is drawn here."""
     plots.plot_onehot(guidance_grid.onehot_gradient_table(gaps=(0, 8)), tmp_path / "onehot.png")
@@ -155,6 +171,8 @@ def test_calibration_study_quick_writes_documented_outputs(tmp_path):
     text = (tmp_path / "toy_calibration.md").read_text()
     assert "| claim |" in text and text.index("## Protocol") < text.index("## Claims")
     assert data["seeds"] == [0, 1]
+    calibration_study.render(tmp_path)  # the report again from the JSON alone: the same text
+    assert (tmp_path / "toy_calibration.md").read_text() == text
 
 
 def test_calibration_arms_without_steps_keep_the_pretrained_classifier():

@@ -64,7 +64,8 @@ def observations(data: dict, settings) -> list[str]:
             notes.append(
                 f"**Per-sample Smooth-ECE {headline}** — {name}: confidence − accuracy over t ≥ 500 is "
                 f"{m['gap_high_t']:+.4f} (CE-only control: {control['gap_high_t']:+.4f}; paired t = {test['t']:.2f}, "
-                f"p = {test['p']:.3g}), ECE there {m['ece_high_t']:.4f} (control: {control['ece_high_t']:.4f}). For one input with P(correct) = π the "
+                f"p = {test['p']:.3g}), ECE there {m['ece_high_t']:.4f} (control: {control['ece_high_t']:.4f}). "
+                "For one input with P(correct) = π the "
                 "loss π·sqrt((1 − p̂)² + β) + (1 − π)·sqrt(p̂² + β) is, for small β, linear in p̂ with slope 1 − 2π: "
                 "minimised by p̂ → 1 when π > 1/2 and by the smallest confidence when π < 1/2 — a median-type, not a "
                 "proper, target. At high noise the top-label accuracy here is about "

@@ -41,7 +41,7 @@ from .report import environment, json_ready, write_text
 from .sweep import BlockObjective, NoisyBlockClassifier, run_record, sample_blocks, seed_draws, study_labels
 
 __all__ = ["COMMAND", "DEFAULT_SEEDS", "SCALE_DOWN", "calibration_mixture", "NoisyMLPClassifier", "Settings",
-           "train_arms", "guided_samples", "calibration_table", "run_study"]
+           "train_arms", "guided_samples", "calibration_table", "run_study", "render"]
 
 COMMAND = "python scripts/toy_calibration_study.py --out docs/results"
 DEFAULT_SEEDS = tuple(range(10))
@@ -253,3 +253,17 @@ def run_study(out: Path, seeds=DEFAULT_SEEDS, quick: bool = False, progress: boo
     write_text(out / "toy_calibration.md", markdown(data, settings, other))
     return data
 
+
+def render(out: Path, compare_with: Path | None = None) -> dict:
+    """Recompute the claims and rewrite toy_calibration.{json,md} in ``out`` from its toy_calibration.json alone
+    (no training or sampling; figures untouched)."""
+    out = Path(out)
+    data = json.loads((out / "toy_calibration.json").read_text())
+    other = json.loads(Path(compare_with).read_text()) if compare_with is not None else None
+    fields = {k: tuple(tuple(a) if isinstance(a, list) else a for a in v) if isinstance(v, list) else v
+              for k, v in data["settings"].items()}
+    settings = Settings(**fields)
+    data["claims"] = evaluate_claims(data["calibration"], data["sampling"], settings)
+    write_text(out / "toy_calibration.json", json.dumps(json_ready(data), indent=1, allow_nan=False) + "\n")
+    write_text(out / "toy_calibration.md", markdown(data, settings, other))
+    return data

@@ -32,7 +32,7 @@ from .report import environment, json_ready, write_text
 from .sweep import (VANISHED, BlockClassifier, BlockObjective, JointLogitClassifier, RecordingSchedule,
                     run_record, sample_blocks, seed_draws, study_labels)
 
-__all__ = ["COMMAND", "DEFAULT_SEEDS", "classifier_of", "guided_runs", "reference_runs", "run_study"]
+__all__ = ["COMMAND", "DEFAULT_SEEDS", "classifier_of", "guided_runs", "reference_runs", "run_study", "render"]
 
 COMMAND = "python scripts/toy_guidance_study.py --out docs/results"
 DEFAULT_SEEDS = tuple(range(10))
@@ -146,5 +146,20 @@ def run_study(out: Path, seeds=DEFAULT_SEEDS, quick: bool = False, samples: int 
     write_text(out / "toy_guidance.json", json.dumps(json_ready(data), indent=1, allow_nan=False) + "\n")
     if figures:
         write_figures(out, mixture, grid, methods, runs, results, references, refs, table, floor, n, seeds)
+    write_text(out / "toy_guidance.md", markdown(data, grid, methods, other))
+    return data
+
+
+def render(out: Path, compare_with: Path | None = None) -> dict:
+    """Recompute the claims and rewrite toy_guidance.{json,md} in ``out`` from its toy_guidance.json alone (no
+    sampling; figures untouched): the per-seed metrics there are all the claims and tables need."""
+    out = Path(out)
+    data = json.loads((out / "toy_guidance.json").read_text())
+    other = json.loads(Path(compare_with).read_text()) if compare_with is not None else None
+    grid = Grid(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["settings"]["grid"].items()})
+    methods = [Method(m["family"], m["objective"], tuple(tuple(p) for p in m["params"]), m["temperature"], m["scale"],
+                      m["logits"]) for m in data["methods"]]
+    data["claims"] = evaluate_claims(data["onehot_table"], data["results"], methods, grid)
+    write_text(out / "toy_guidance.json", json.dumps(json_ready(data), indent=1, allow_nan=False) + "\n")
     write_text(out / "toy_guidance.md", markdown(data, grid, methods, other))
     return data

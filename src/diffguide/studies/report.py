@@ -128,7 +128,8 @@ def kernel_comparison_markdown(claims: list[dict], env: dict, other: dict | None
     theirs = {c["claim"]: c for c in other["claims"]}
     here, there = env["cpu_capability"], other["environment"]["cpu_capability"]
     lines = ["## Verdicts across CPU kernel sets", "",
-             f"The same study, seeds and code run with `ATEN_CPU_CAPABILITY={other['environment']['ATEN_CPU_CAPABILITY']}`"
+             "The same study, seeds and code run with "
+             f"`ATEN_CPU_CAPABILITY={other['environment']['ATEN_CPU_CAPABILITY']}`"
              f" (kernel set {there}; its JSON is committed next to this report) against this report's {here}: "
              "the kernels round differently in the last bits, which guided sampling at T = 0.1 amplifies.", "",
              f"| claim | {here}: verdict (outcomes) | {there}: verdict (outcomes) |", "|---|---|---|"]
