@@ -39,9 +39,15 @@ def gradient_state(r: dict) -> str:
     """'exploding' (late ‖∇J‖ > EXPLODING_GRAD or diverged share > EXPLODING_DIVERGED, seed means or non-finite),
     'vanished' (share below VANISHED late > ALIVE_VANISHED) or 'alive'."""
     late, diverged = r["mean"].get("grad_late"), r["mean"]["diverged"]
-    if late is None or not math.isfinite(late) or late > EXPLODING_GRAD or diverged > EXPLODING_DIVERGED:
+    late = math.nan if late is None else late
+    if not math.isfinite(late) or late > EXPLODING_GRAD or diverged > EXPLODING_DIVERGED:
         return "exploding"
     return "vanished" if r["mean"]["vanished_late"] > ALIVE_VANISHED else "alive"
+
+
+def late_values(r: dict) -> np.ndarray:
+    """Per-seed late ‖∇J‖ (None, as JSON writes NaN, → NaN)."""
+    return np.array([math.nan if v is None else v for v in per_seed(r, "grad_late")], dtype=np.float64)
 
 
 def alive_comparison(rk: dict, reference: dict) -> dict:
@@ -49,10 +55,12 @@ def alive_comparison(rk: dict, reference: dict) -> dict:
     reverse KL vanished or the reference's gradient not vanished → 'contradicts'; else the paired t-test of
     log10(late ‖∇J‖ ratio) − log10(ALIVE_FACTOR) > 0."""
     state = gradient_state(rk)
-    log_late = lambda r: np.log10(np.maximum(per_seed(r, "grad_late"), 1e-300))  # noqa: E731
     result = {"state": state, "reference_vanished": reference["mean"]["vanished_late"]}
     if state == "exploding":
         return {**result, "outcome": DIVERGED, "value": rk["mean"]["grad_late"]}
+    if not np.isfinite(late_values(reference)).all():  # the reference's own gradient ran away: no contrast
+        return {**result, "outcome": CONTRADICTS, "value": reference["mean"]["grad_late"]}
+    log_late = lambda r: np.log10(np.maximum(late_values(r), 1e-300))  # noqa: E731
     test = compare(log_late(rk) - math.log10(ALIVE_FACTOR), log_late(reference), +1)
     if state == "vanished" or reference["mean"]["vanished_late"] < REFERENCE_VANISHED:
         test["outcome"] = CONTRADICTS
