@@ -19,7 +19,8 @@ from diffguide.guidance import ClassifierGuidance, Guidance, SineBump
 from diffguide.noise import SeededNoise
 from diffguide.samplers import ddpm
 from diffguide.schedule import NoiseSchedule
-from diffguide.studies import calibration_study, guidance_grid, guidance_study, metrics, plots, sweep
+from diffguide.studies import calibration_study, guidance_claims, guidance_grid, guidance_study, metrics, plots, sweep
+from diffguide.studies.verdict import AGREES, CONTRADICTS, DIVERGED
 from diffguide.studies.options import parse_seeds
 from diffguide.toy import BayesClassifier, ExactEps, class_accuracy, mode_coverage, study_mixture
 
@@ -146,6 +147,33 @@ def test_render_from_json_reproduces_the_report(tmp_path):
     data = guidance_study.render(tmp_path, tmp_path / "other" / "toy_guidance.json")
     compared = (tmp_path / "toy_guidance.md").read_text()
     assert f"0 of {len(data['claims'])} verdicts differ between the two kernel sets." in compared
+
+
+def _result(grad_late, vanished_late=0.0, diverged=0.0):
+    """A summarized configuration with the given per-seed late ‖∇J‖ (and constant vanished / diverged shares)."""
+    rows = [{"grad_late": g, "vanished_late": vanished_late, "diverged": diverged} for g in grad_late]
+    return {"per_seed": rows, "mean": {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}}
+
+
+def test_alive_vanished_and_exploding_gradients_are_told_apart():
+    vanished_reference = _result([1e-40, 1e-41, 1e-39], vanished_late=0.9)
+    alive = _result([0.5, 0.7, 0.6])  # ≥ 10× the reference at every seed, nothing vanished or diverged
+    assert guidance_claims.gradient_state(alive) == "alive"
+    assert guidance_claims.alive_comparison(alive, vanished_reference)["outcome"] == AGREES
+    runaway = _result([5e20, 1e19, 3e20], diverged=0.8)  # late ‖∇J‖ > 1e3: exploding, a failure
+    assert guidance_claims.gradient_state(runaway) == "exploding"
+    assert guidance_claims.alive_comparison(runaway, vanished_reference)["outcome"] == DIVERGED
+    many_diverged = _result([0.5, 0.7, 0.6], diverged=0.06)  # > 5 % of samples diverged: exploding too
+    assert guidance_claims.gradient_state(many_diverged) == "exploding"
+    faded = _result([0.5, 0.7, 0.6], vanished_late=0.2)  # > 5 % of its samples vanished
+    assert guidance_claims.gradient_state(faded) == "vanished"
+    assert guidance_claims.alive_comparison(faded, vanished_reference)["outcome"] == CONTRADICTS
+    # a reference whose gradient did not vanish: the claimed contrast is absent
+    live_reference = _result([1e-40, 1e-41, 1e-39], vanished_late=0.2)
+    assert guidance_claims.alive_comparison(alive, live_reference)["outcome"] == CONTRADICTS
+    # only 3× larger at every seed: the t-test on log10(ratio) − 1 contradicts "≥ 10×"
+    weak = _result([3e-40, 3e-41, 3e-39])
+    assert guidance_claims.alive_comparison(weak, vanished_reference)["outcome"] == CONTRADICTS
 
 
 def test_objective_level_figure_is_written(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from .guidance_claims import observations
 from .guidance_grid import Grid, Method, default_methods
 from .plots import plot_gradients, plot_onehot, plot_samples, plot_tradeoff
