@@ -110,7 +110,8 @@ def counts_text(counts: dict) -> str:
 
 def claims_markdown(claims: list[dict]) -> list[str]:
     """The claims table: claim, test, outcome counts, the comparisons' statistics, verdict."""
-    lines = ["| claim | test | outcomes | comparisons (Δ = favoured − reference, t, one-sided p) | verdict |",
+    lines = ["| claim | test | outcomes | comparisons (Δ = favoured − reference, mean over seeds; t and one-sided p in "
+             "the claimed direction: t > 0 leans the claimed way) | verdict |",
              "|---|---|---|---|---|"]
     for c in claims:
         details = "; ".join(comparison_text(x["label"], x) for x in c["comparisons"])
