@@ -105,6 +105,7 @@ def test_divergence_makes_a_comparison_a_failure_of_the_favoured_method():
     # ... but it diverges more often than the reference at every seed: a failure whatever the metric says
     failed = compare(better, worse, -1, divergence=([0.3, 0.31, 0.29, 0.35], [0.01, 0.0, 0.02, 0.01]))
     assert failed["outcome"] == DIVERGED and failed["diverged_more"]["t"] > 0
+    assert failed["metric_outcome"] == AGREES  # what the metric alone said, kept for the report
     # the reference diverging more is no failure of the favoured method
     kept = compare(better, worse, -1, divergence=([0.0] * 4, [0.3, 0.31, 0.29, 0.35]))
     assert kept["outcome"] == AGREES
@@ -116,6 +117,8 @@ def test_conjunction():
     assert both(agree, noise)["outcome"] == WITHIN_NOISE
     assert both(agree, against)["outcome"] == CONTRADICTS
     assert both(noise, {"outcome": DIVERGED})["outcome"] == DIVERGED
+    overridden = {"outcome": DIVERGED, "metric_outcome": AGREES}
+    assert both(agree, overridden)["metric_outcome"] == AGREES
 
 
 @pytest.mark.parametrize("outcomes, verdict", [

@@ -17,7 +17,8 @@ import torch
 from diffguide.io import atomic_write, atomic_write_text
 
 from .metrics import DIVERGED_RADIUS, PHASES
-from .verdict import ALPHA, FAILED_SHARE, HELD_SHARE, NOISE_SHARE, OUTCOMES, held_false_positive_bound, outcome_counts
+from .verdict import (ALPHA, FAILED_SHARE, HELD_SHARE, NOISE_SHARE, OUTCOMES, claim_verdict, held_false_positive_bound,
+                      outcome_counts)
 
 __all__ = ["environment", "environment_markdown", "protocol_markdown", "claim_record", "claims_markdown",
            "kernel_comparison_markdown", "comparison_text", "fmt", "fmt_g", "TABLE_HEADER", "COLUMN_DEFINITIONS",
@@ -65,7 +66,8 @@ def protocol_markdown(seeds: list[int], comparisons_per_claim: list[int], unit: 
         "- **Outcome of a comparison**: *agrees* when p < α; *contradicts* when the opposite one-sided p-value is "
         "< α; *within noise* otherwise; *diverged* when the favoured configuration diverges more often than the "
         "reference (the same test on the per-seed shares of diverged samples agrees): a failure of that method "
-        "whatever its metric says.",
+        "whatever its metric says. Where this divergence rule decides a verdict, the claims table also gives the "
+        "verdict from the metrics' own tests (the metrics already score every diverged sample as a failure).",
         f"- **False-positive rate**: a comparison with no true difference agrees with probability α = {ALPHA:g} "
         "(exactly, for normal differences; the unit tests check it by simulation). A claim is **HELD** when at least "
         f"{HELD_SHARE:.0%} of its k comparisons agree; with no true effect anywhere, Markov's inequality bounds "
@@ -99,7 +101,9 @@ def claim_record(text: str, test: str, comparisons: list[tuple[str, dict]], verd
                  numbers: str = "") -> dict:
     """A claim's JSON record: its comparisons (label, test result), outcome counts and verdict."""
     outcomes = [c["outcome"] for _, c in comparisons]
+    without_rule = claim_verdict([c.get("metric_outcome", c["outcome"]) for _, c in comparisons])
     return {"claim": text, "test": test, "verdict": verdict, "counts": outcome_counts(outcomes),
+            "verdict_without_divergence_rule": without_rule,
             "comparisons": [{"label": label, **c} for label, c in comparisons], "numbers": numbers}
 
 
@@ -117,8 +121,10 @@ def claims_markdown(claims: list[dict]) -> list[str]:
         details = "; ".join(comparison_text(x["label"], x) for x in c["comparisons"])
         if c["numbers"]:
             details = f"{c['numbers']}; {details}" if details else c["numbers"]
+        note = c.get("verdict_without_divergence_rule", c["verdict"])
+        note = f" (without the divergence rule: {note.upper()})" if note != c["verdict"] else ""
         lines.append(f"| {c['claim']} | {c['test']} | {counts_text(c['counts'])} | {details} | "
-                     f"**{c['verdict'].upper()}** |")
+                     f"**{c['verdict'].upper()}**{note} |")
     return lines
 
 

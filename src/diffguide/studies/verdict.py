@@ -74,6 +74,7 @@ def compare(favoured, reference, sign: int, alpha: float = ALPHA, divergence=Non
                          f"{reference.shape}")
     result = paired_t_test(sign * (favoured - reference), alpha)
     result["delta"] = float(np.mean(favoured - reference))
+    result["metric_outcome"] = result["outcome"]  # before the divergence rule (for the report's sensitivity note)
     if divergence is not None:
         more = paired_t_test(np.subtract(*np.asarray(divergence, dtype=np.float64)), alpha)
         result["diverged_more"] = {k: more[k] for k in ("mean", "t", "p")}
@@ -86,16 +87,15 @@ def both(first: dict, second: dict) -> dict:
     """A conjunction of two comparisons on the same configurations: agrees when both agree, diverged when either
     diverged, contradicts when either contradicts, else within noise (false-positive rate ≤ α: it needs the first
     to agree)."""
-    outcomes = {first["outcome"], second["outcome"]}
-    if DIVERGED in outcomes:
-        outcome = DIVERGED
-    elif CONTRADICTS in outcomes:
-        outcome = CONTRADICTS
-    elif outcomes == {AGREES}:
-        outcome = AGREES
-    else:
-        outcome = WITHIN_NOISE
-    return {"outcome": outcome, "parts": [first, second]}
+    def combine(outcomes: set) -> str:
+        if DIVERGED in outcomes:
+            return DIVERGED
+        if CONTRADICTS in outcomes:
+            return CONTRADICTS
+        return AGREES if outcomes == {AGREES} else WITHIN_NOISE
+
+    return {"outcome": combine({first["outcome"], second["outcome"]}), "parts": [first, second],
+            "metric_outcome": combine({p.get("metric_outcome", p["outcome"]) for p in (first, second)})}
 
 
 def outcome_counts(outcomes: list[str]) -> dict:
