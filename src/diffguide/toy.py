@@ -191,15 +191,19 @@ def class_accuracy(mixture: GaussianMixture, x: Tensor, labels: Tensor) -> float
     return float((mixture.class_log_posterior(x.double(), 1.0).argmax(1) == labels).double().mean())
 
 
-def mode_coverage(mixture: GaussianMixture, x: Tensor, labels: Tensor, min_share: float = 0.1) -> dict:
+def mode_coverage(mixture: GaussianMixture, x: Tensor, labels: Tensor, min_share: float = 0.1,
+                  valid: Tensor | None = None) -> dict:
     """Per-mode coverage of class-conditional samples.
 
     Each sample is assigned to its most responsible mode (clean data). For class y with n_y samples, mode m ∈ y
     expects n_y·π_m/Σ_{m'∈y} π_{m'} of them; it is *covered* when it receives at least ``min_share`` of that.
     Returns ``coverage`` (mean over classes of the share of their modes covered), ``per_class`` and
     ``mode_share`` (observed share of each mode among its class's samples) next to ``true_share``.
+    ``valid`` (bool [n], optional): samples marked False (e.g. diverged) count in n_y but in no mode.
     """
-    assigned = mixture.nearest_mode(x.double())
+    assigned = mixture.nearest_mode(torch.nan_to_num(x.double()))
+    if valid is not None:
+        assigned = torch.where(valid, assigned, -1)
     per_class, observed, true = {}, torch.zeros(len(mixture.weights)), torch.zeros(len(mixture.weights))
     for k in labels.unique().tolist():
         own = mixture.modes_of(k)
