@@ -123,6 +123,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-samples", type=int, default=10_000, help="images per sampling variant")
     parser.add_argument("--sample-batch", type=int, default=2500, help="sampling batch size of the fast path")
     parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
+    parser.add_argument("--fast-only", action="store_true", help="skip the eager (previous) variants")
     parser.add_argument("--tiny", action="store_true", help="a tiny network, a few steps and images: a CPU check of "
                         "the script (needs the train section)")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
@@ -135,21 +136,22 @@ def main(argv=None) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="cifar-throughput-"))
     if "train" in sections:
         interval = max(args.train_steps // 6, 1)
-        for batch, fast in ((8 if args.tiny else 128, False), (8 if args.tiny else 128, True), (args.big_batch, True)):
+        variants = ((8 if args.tiny else 128, False), (8 if args.tiny else 128, True), (args.big_batch, True))
+        for batch, fast in (v for v in variants if v[1] or not args.fast_only):
             rows.append(bench_train(args.model, scratch / f"train-{len(rows)}", batch=batch, steps=args.train_steps,
                                     interval=interval,
                                     fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
             print(rows[-1], flush=True)
     if "sample" in sections:
-        for batch, fast in ((256 if not args.tiny else 4, False), (args.sample_batch, False),
-                            (args.sample_batch, True)):
+        variants = ((256 if not args.tiny else 4, False), (args.sample_batch, False), (args.sample_batch, True))
+        for batch, fast in (v for v in variants if v[1] or not args.fast_only):
             model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
             rows.append(bench_sample(model, num_samples=args.num_samples, batch=batch,
                                      fast=fast and device.type == "cuda", device=device))
             print(rows[-1], flush=True)
     if "fid" in sections and args.inception:
         variants = ((64, False), (64, True), (250, True), (500, True)) if not args.tiny else ((4, False), (4, True))
-        for batch, autotune in variants:
+        for batch, autotune in (v for v in variants if v[1] or not args.fast_only):
             rows.append(bench_fid(args.inception, num_images=args.num_images, batch=batch, autotune=autotune,
                                   device=device))
             print(rows[-1], flush=True)

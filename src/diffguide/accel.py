@@ -32,11 +32,12 @@ def fast_module(module: nn.Module, *, fast: bool, mode: str | None = None) -> nn
 
     The compiled module shares parameters with ``module`` and forwards attribute access to it (``.config``,
     ``.null_label``…), so it drops in wherever the module was used. ``mode``: a ``torch.compile`` mode (default: its
-    default; "max-autotune-no-cudagraphs" searches kernels longer for a few % more)."""
+    default; ``$DIFFGUIDE_COMPILE_MODE`` overrides it); "reduce-overhead" adds CUDA graphs, which pay where the CPU
+    cannot launch kernels as fast as the GPU runs them (CIFAR training at batch 128: 2.25x, docs/performance.md)."""
     if not fast:
         return module
     module = module.to(memory_format=torch.channels_last)
-    return torch.compile(module, dynamic=False, mode=mode)
+    return torch.compile(module, dynamic=False, mode=os.environ.get("DIFFGUIDE_COMPILE_MODE") or mode)
 
 
 def fused_adamw(params, *, fast: bool, **kwargs) -> torch.optim.AdamW:

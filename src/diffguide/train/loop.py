@@ -361,7 +361,9 @@ class _Run:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.net = fast_module(net, fast=self.fast)  # the forward/backward of training; checkpoints hold self.model's
+        # the forward/backward of training (checkpoints hold self.model's weights). One process: CUDA graphs too — the
+        # 17M CIFAR net at batch 128 is launch-bound (2.25x, docs/performance.md); under DDP plain compilation.
+        self.net = fast_module(net, fast=self.fast, mode="reduce-overhead" if world == 1 else None)
         optim = config.optim
         self.optimizer = fused_adamw(self.model.parameters(), fast=self.fast, lr=optim.lr, betas=tuple(optim.betas),
                                      weight_decay=optim.weight_decay)
