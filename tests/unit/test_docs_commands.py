@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from diffguide.cli import main
 
-NUM_CLASSES = 4
+NUM_CLASSES = 10  # CIFAR-10's, so that a CIFAR ResNet can guide the tiny model
 
 
 class StandInInception(torch.nn.Module):
@@ -45,13 +45,17 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs")
     rng = np.random.default_rng(0)
     data = root / "data.npz"
-    np.savez(data, arr_0=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), arr_1=np.arange(16) % NUM_CLASSES)
+    np.savez(data, arr_0=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), arr_1=np.arange(20) % NUM_CLASSES)
     inception = root / "inception.pt"
     torch.jit.script(StandInInception()).save(str(inception))
     tiny = "--split none --preset tiny --steps 2 --batch-size 8 --no-progress --device cpu"
     invoke(f"train --data {data} --out {root}/runs/diffusion {tiny} --sample-steps 2 --samples-per-class 1")
     invoke(f"train-classifier --data {data} --out {root}/runs/clf {tiny} --eval-split none")
-    return {"root": root, "data": data, "inception": inception}
+    from diffguide.nets.cifar_resnet import CifarResNet
+
+    torch.manual_seed(0)
+    torch.save({"state_dict": CifarResNet(20).state_dict()}, root / "resnet20.th")  # akamaster's layout, random weights
+    return {"root": root, "data": data, "inception": inception, "resnet": root / "resnet20.th"}
 
 
 def test_sample_with_a_train_classifier_output(pipeline):
@@ -103,3 +107,32 @@ def test_adm_reference_batch_layout_then_the_scale_sweep(pipeline):
                f"--device cpu --kid-subset-size 2 --kid-subsets 2 --prdc-samples 4")
         result = json.loads((out / "metrics.json").read_text())
         assert result["metrics"]["num_samples"] == 4 and np.isfinite(result["metrics"]["fid"]), result
+
+
+# The ImageNet-128 commands of docs/reproduce.md, with the tiny model for ADM's checkpoint and a random CIFAR ResNet for
+# torchvision's ResNet-101 (the flags are the same; 4 DDPM steps instead of 250).
+REPRODUCE = {
+    "adm-g": "--classifier {clf} -s 0.5 --guidance-rule mean",
+    "elucd": ("--x0-classifier cifar-resnet:{resnet} --x0-preprocess raw --softplus-beta 3 --objective baseline "
+              "--objective-param tau1=1 --objective-param discount=0.5 -s 1 --guidance-rule elucd "
+              "--rule-param gamma=0.3 --rule-param max_variance=elucd"),
+    "js": ("--x0-classifier cifar-resnet:{resnet} --x0-preprocess raw --softplus-beta 3 --objective js "
+           "--objective-param alpha=0.5 --objective-param epsilon=0.9 -s 1 --guidance-rule elucd "
+           "--rule-param gamma=0.3 --rule-param max_variance=elucd"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPRODUCE))
+def test_reproduce_commands_on_a_tiny_model(pipeline, name):
+    root = pipeline["root"]
+    out = root / "reproduce" / name
+    guidance = REPRODUCE[name].format(clf=f"{root}/runs/clf/model", resnet=pipeline["resnet"])
+    invoke(f"sample --model {root}/runs/diffusion/model {guidance} --sampler ddpm --steps 4 --num-samples 3 "
+           f"--batch-size 2 --device cpu --out {out}")
+    with np.load(out / "samples.npz") as npz:
+        assert npz["arr_0"].shape == (3, 8, 8, 3)
+    config = json.loads((out / "run.json").read_text())
+    expected = {"adm-g": ("mean", None, 0.5), "elucd": ("elucd", "baseline", 1.0), "js": ("elucd", "js", 1.0)}
+    assert (config["guidance_rule"], config["objective"], config["classifier_scale"]) == expected[name]
+    if name != "adm-g":  # run.json records what determines the samples (docs/guidance.md)
+        assert config["rule_params"] == {"gamma": 0.3, "max_variance": "elucd"} and config["x0_preprocess"] == "raw"
