@@ -90,7 +90,10 @@ def test_adm_reference_batch_layout_then_the_scale_sweep(pipeline):
     adm_ref = root / "VIRTUAL_tiny_labeled.npz"
     np.savez(adm_ref, arr_0=images, arr_1=np.arange(10) % NUM_CLASSES, mu=np.zeros(2048), sigma=np.eye(2048),
              mu_s=np.zeros(2048), sigma_s=np.eye(2048))
-    invoke(f"ref {adm_ref} --out {root}/ref.npz --inception {inception} --device cpu --num-features 10")
+    result = invoke(f"ref {adm_ref} --out {root}/ref.npz --inception {inception} --device cpu --num-features 10")
+    assert "mu, sigma, mu_s, sigma_s" in result.output and "ignored" in result.output
+    summary = json.loads((root / "ref.json").read_text())
+    assert summary["ignored_stored_statistics"] == ["mu", "sigma", "mu_s", "sigma_s"] and summary["count"] == 10
     reference = Reference.load(root / "ref.npz")
     features = InceptionFeatures(inception, device="cpu")(images).astype(np.float64)
     assert reference.count == 10
