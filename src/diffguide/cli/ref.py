@@ -53,6 +53,20 @@ def load_images(source, split, limit, param_hint: str = "SOURCE"):
     return dataset
 
 
+ADM_STATISTICS = ("mu", "sigma", "mu_s", "sigma_s")  # stored in ADM's reference batches by its TensorFlow evaluator
+
+
+def stored_statistics(source: Path) -> list[str]:
+    """The precomputed statistics an ADM reference-batch .npz carries (e.g. VIRTUAL_imagenet128_labeled.npz); `ref`
+    ignores them and recomputes μ, Σ from its arr_0 images with the FID Inception network."""
+    import numpy as np
+
+    if source.suffix != ".npz" or not source.is_file():
+        return []
+    with np.load(source) as data:
+        return [name for name in ADM_STATISTICS if name in data.files]
+
+
 def make_extractor(inception_path, device, batch_size):
     from ..metrics import InceptionFeatures
 
@@ -105,6 +119,11 @@ def command(source, out, split, limit, num_features, seed, inception_path, devic
     extracted = time.perf_counter()
     for warning in caught:
         click.echo(f"warning: {warning.message}", err=True)
+    ignored = stored_statistics(Path(source))
+    if ignored:
+        click.echo(f"note: {Path(source).name} also stores {', '.join(ignored)} (ADM's reference-batch statistics from "
+                   "its TensorFlow evaluator); they are ignored: the statistics above are recomputed from its arr_0 "
+                   "images with the FID Inception network", err=True)
     reference.save(out)
     summary = {
         "reference": str(out), "source": dataset.source, "count": reference.count,
@@ -112,7 +131,7 @@ def command(source, out, split, limit, num_features, seed, inception_path, devic
         "network": str(reference.network), "network_file": str(extractor.path), "device": str(extractor.device),
         "load_seconds": loaded - start, "feature_seconds": extracted - loaded,
         "images_per_second": reference.count / max(extracted - loaded, 1e-9),
-        "warnings": [str(w.message) for w in caught],
+        "warnings": [str(w.message) for w in caught], "ignored_stored_statistics": ignored,
     }
     atomic_write_text(summary_path, json.dumps(summary, indent=1))
     print_table([("source", dataset.source), ("images", f"{reference.count} x {reference.image_shape}"),
