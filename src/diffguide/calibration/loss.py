@@ -15,8 +15,8 @@ from torch import Tensor
 
 from .metrics import bin_index
 
-__all__ = ["top_label_confidence", "pseudo_huber_sample_loss", "pseudo_huber_bin_loss", "smooth_ece_loss", "calibration_loss",
-           "LOSS_FORMS"]
+__all__ = ["top_label_confidence", "pseudo_huber_sample_loss", "pseudo_huber_bin_loss", "smooth_ece_loss",
+           "calibration_loss", "LOSS_FORMS"]
 
 LOSS_FORMS = ("sample", "bin")
 

@@ -58,9 +58,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
         batches = ImageBatches(images, labels if num_classes is not None else None, config.optim.batch_size,
                                seed=config.seed, rank=rank, world=world, device=dev, hflip=hflip)
         schedule = NoiseSchedule.create(config.schedule, None, config.num_train_timesteps)
-
-        run = _Run(config, "diffusion", model, diffusion_objective(schedule, config.loss, num_classes), batches, out, rank=rank, world=world, device=dev,
-                   progress=progress, time_limit_s=time_limit_s, fast=fast)
+        run = _Run(config, "diffusion", model, diffusion_objective(schedule, config.loss, num_classes), batches, out,
+                   rank=rank, world=world, device=dev, progress=progress, time_limit_s=time_limit_s, fast=fast)
         run.resume()
 
         def draw_samples(current: _Run) -> None:
