@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -29,6 +30,21 @@ __all__ = [
     "load_training_checkpoint", "CHECKPOINT", "LOG", "CONFIG", "RELEASE",
 ]
 
+@contextmanager
+def _session(config, config_type: type, out_dir, dataset, device: str | None, time_limit_s: float | None):
+    """What both entry points start with: the config's type checked, the distributed context entered, the output
+    folder made, the data loaded (:func:`.batches._training_data`) and torch's global RNG seeded with config.seed.
+    Yields (rank, world, device, out, (data set, images, labels, image shape, hflip))."""
+    if not isinstance(config, config_type):
+        raise TypeError(f"config: expected a {config_type.__name__}, got {type(config).__name__}")
+    check_time_limit(time_limit_s)
+    with distributed_context(_device_name(device)) as (rank, world, dev):
+        out = _prepare(out_dir, rank, world)
+        data = _training_data(config, dataset)
+        torch.manual_seed(config.seed)
+        yield rank, world, dev, out, data
+
+
 def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, device: str | None = None,
           progress: bool = True, time_limit_s: float | None = None, fast: bool | None = None) -> dict:
     """Train an ε-prediction diffusion model as ``config`` says; resume from ``out_dir/checkpoint.pt`` if present.
@@ -45,13 +61,8 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
 
     Returns a summary dict: steps, first/last logged loss, steps_per_s, train_seconds, stopped_early, paths.
     """
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
-    check_time_limit(time_limit_s)
-    with distributed_context(_device_name(device)) as (rank, world, dev):
-        out = _prepare(out_dir, rank, world)
-        data, images, labels, image_shape, hflip = _training_data(config, dataset)
-        torch.manual_seed(config.seed)
+    with _session(config, TrainConfig, out_dir, dataset, device, time_limit_s) as (rank, world, dev, out, data):
+        data, images, labels, image_shape, hflip = data
         model, num_classes = build_diffusion_net(config.net, image_shape, _num_classes(data))
         if config.init_from and not (out / CHECKPOINT).exists():
             _initialise_from(model, config.init_from)
@@ -92,16 +103,12 @@ def train_classifier(config: ClassifierTrainConfig, out_dir: str | os.PathLike, 
     with ``config.eval_split``; ``eval_split=None`` skips the report). The report (``report.json``) is
     :func:`diffguide.calibration.evaluate_calibration` of the released weights (noise-aware: ECE_t rows per t and a
     pooled summary)."""
-    if not isinstance(config, ClassifierTrainConfig):
-        raise TypeError(f"config: expected a ClassifierTrainConfig, got {type(config).__name__}")
-    check_time_limit(time_limit_s)
-    with distributed_context(_device_name(device)) as (rank, world, dev):
-        out = _prepare(out_dir, rank, world)
-        data, images, labels, image_shape, hflip = _training_data(config, dataset)
+    with _session(config, ClassifierTrainConfig, out_dir, dataset, device, time_limit_s) as (rank, world, dev, out,
+                                                                                               data):
+        data, images, labels, image_shape, hflip = data
         if labels is None:
             raise ValueError("dataset: a classifier needs labels; the data set has none")
         num_classes = _num_classes(data)
-        torch.manual_seed(config.seed)
         model = build_classifier_net(config.net, image_shape, num_classes)
         batches = ImageBatches(images, labels, config.optim.batch_size, seed=config.seed, rank=rank, world=world,
                                device=dev, hflip=hflip)
