@@ -112,7 +112,8 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
     t ~ U{0..T−1} of its own noise schedule.
 
     The classifier stays in eval mode (frozen batch-norm statistics); all its parameters are trained. The weights
-    (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`."""
+    (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`, or,
+    for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`."""
     from diffguide.calibration import CalibrationConfig, SeededBatches, finetune_calibration
     from diffguide.classifiers import noise_settings
     from diffguide.data import to_model_range
