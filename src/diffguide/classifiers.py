@@ -4,6 +4,8 @@ A diffusion model's images live in [−1, 1]; a classifier expects its own range
 :class:`Preprocess` maps one to the other; :class:`ImageClassifier` wraps any ``nn.Module`` returning logits with it,
 frozen (eval mode, no parameter gradients: guidance differentiates with respect to the input only) and checked
 (channels, size, class count). :func:`load_cifar_resnet` and :func:`torchvision_classifier` build wrapped classifiers.
+:func:`load_architecture` / :func:`load_weights` / :func:`labelled_images` are what ``calibrate`` and
+``eval-classifier`` load: a CIFAR ResNet file or a noise-aware classifier folder, and a split labelled in its classes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .checkpoints import load_state_dict_checked, read_state_dict
 from .nets.cifar_resnet import CifarResNet, depth_from_state_dict
 
 __all__ = ["CIFAR10_CLASSES", "IMAGENET_MEAN", "IMAGENET_STD", "ImageClassifier", "Preprocess", "freeze", "load_cifar_resnet",
-           "torchvision_classifier"]
+           "torchvision_classifier", "load_architecture", "load_weights", "noise_settings", "takes_timestep",
+           "labelled_images"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -242,3 +245,75 @@ def torchvision_classifier(name: str, weights=None, *, input_range=(-1.0, 1.0), 
     preprocess = Preprocess(input_range=input_range, classifier_range=(0.0, 1.0), mean=mean, std=std, size=size,
                             resize=resize)
     return ImageClassifier(model, preprocess, num_classes=num_classes, class_names=class_names).to(device)
+
+
+def load_architecture(path: str | os.PathLike) -> nn.Module:
+    """The classifier stored at ``path``: a folder of :func:`diffguide.checkpoints.save_network` (a noise-aware
+    classifier(x_t, t) from ``diffguide train-classifier``; its class names from the folder's config) or a CIFAR ResNet
+    ``.th`` / ``.safetensors`` (:func:`load_cifar_resnet`: frozen, inputs in [−1, 1], its own normalisation)."""
+    if Path(path).is_dir():
+        from .checkpoints import load_network
+
+        net, config = load_network(path)
+        net.class_names = config.extra.get("class_names")  # read by labelled_images
+        return net
+    return load_cifar_resnet(path)
+
+
+def noise_settings(path: str | os.PathLike) -> dict | None:
+    """``{"schedule", "num_train_timesteps"}`` of the noise-aware classifier folder at ``path`` (its config.json);
+    None for a classifier file (called on clean images)."""
+    if not Path(path).is_dir():
+        return None
+    import json
+
+    from .checkpoints import CONFIG_NAME, NetworkConfig
+
+    config_path = Path(path) / CONFIG_NAME
+    config = NetworkConfig.from_json(json.loads(config_path.read_text()), str(config_path))
+    return {"schedule": config.schedule or "linear", "num_train_timesteps": config.num_train_timesteps}
+
+
+def load_weights(model: nn.Module, weights: str | os.PathLike) -> nn.Module:
+    """``model`` with its weights replaced by the safetensors state dict ``weights`` (keys of the wrapped module for
+    an :class:`ImageClassifier`, e.g. the ``classifier.safetensors`` of ``diffguide calibrate``), checked key by key."""
+    target = model.module if isinstance(model, ImageClassifier) else model
+    load_state_dict_checked(target, read_state_dict(weights), what=str(weights))
+    return model
+
+
+def takes_timestep(module: nn.Module) -> bool:
+    """Whether ``module(x, t)`` is a valid call (a noise-aware classifier), judged from its ``forward`` signature
+    (for an :class:`ImageClassifier`, which passes extra arguments through, from the wrapped module's)."""
+    import inspect
+
+    if isinstance(module, ImageClassifier):
+        module = module.module
+    try:
+        inspect.signature(getattr(module, "forward", module)).bind(None, None)
+        return True
+    except TypeError:
+        return False
+
+
+def labelled_images(source: str, split: str | None, limit: int | None, classifier: nn.Module | None = None):
+    """(uint8 NHWC images, labels) of a split; ``limit`` keeps that many images spread evenly over the (class-sorted)
+    split (:func:`diffguide.io.spread_indices`, as every command), so every class is represented; ``split="none"``
+    for sources without splits. Class folders are mapped onto the ``classifier``'s own class names
+    (:func:`diffguide.data.labels_for_classes`); a ValueError for unlabelled data or images of another size."""
+    from .data import labels_for_classes, load_dataset
+
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit: expected a positive image count, got {limit}")
+    split = None if split == "none" else split  # sources without splits (npz, a single IDX file)
+    dataset = load_dataset(source, split, limit=limit)
+    if dataset.labels is None:
+        raise ValueError(f"data: {source} ({split}) has no labels; calibration needs labelled images")
+    labels = labels_for_classes(dataset, getattr(classifier, "class_names", None),
+                                getattr(classifier, "num_classes", None), what="data")
+    preprocess = getattr(classifier, "preprocess", None)
+    size, (height, width) = getattr(preprocess, "size", None), dataset.images.shape[1:3]
+    if size is not None and not preprocess.resize and (height, width) != tuple(size):
+        raise ValueError(f"data: the images of {dataset.source} are {height}x{width}, but the classifier takes "
+                         f"{size[0]}x{size[1]} images")
+    return dataset.images, labels

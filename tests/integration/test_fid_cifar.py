@@ -91,7 +91,7 @@ def test_class_consistency_of_real_images_is_the_classifier_accuracy(cifar_subse
     """`diffguide eval --classifier` on real test images with their true labels = ResNet-20's accuracy on them: 400 of
     these 500 (80.0%; the README of shared/assets gives 81-83% on the whole JPEG test set). Images passed in the wrong
     range or layout would give ~10%; ± 2 images allows for argmax flips from numerical noise."""
-    from diffguide.cli.eval import class_consistency
+    from diffguide.metrics import class_consistency
 
     _, test = cifar_subsets
     resnet20 = shared_path("assets/classifiers/cifar10-resnet20-12fca82f.th")

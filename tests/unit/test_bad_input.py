@@ -345,7 +345,7 @@ def test_calibrate_corrupt_checkpoint_is_one_line(files, tmp_path):
 
 
 def test_limit_spreads_over_classes_everywhere(files):
-    from diffguide.cli.calibrate import load_split
+    from diffguide.classifiers import labelled_images as load_split
     from diffguide.data import load_dataset
 
     data = load_dataset(files["cifar"], "test", limit=3)  # 6 images sorted by class: positions 0, 2, 4
@@ -356,7 +356,7 @@ def test_limit_spreads_over_classes_everywhere(files):
 
 def test_class_folders_map_onto_the_classifier_class_names(files):
     from diffguide.classifiers import load_cifar_resnet
-    from diffguide.cli.calibrate import load_split
+    from diffguide.classifiers import labelled_images as load_split
 
     _, labels = load_split(files["cifar"], "test", None, load_cifar_resnet(files["r20"]))
     assert list(labels) == [0, 0, 2, 2, 3, 3]  # airplane, bird, cat in CIFAR-10's order, not 0, 1, 2

@@ -515,7 +515,7 @@ def test_cli_calibrate_then_eval_classifier(tmp_path, monkeypatch):
 
     from diffguide.cli import main
 
-    monkeypatch.setattr("diffguide.cli.calibrate.load_architecture", lambda path: Brightness())
+    monkeypatch.setattr("diffguide.classifiers.load_architecture", lambda path: Brightness())
     data = _image_folder(tmp_path / "data")
     checkpoint = tmp_path / "brightness.th"
     checkpoint.write_bytes(b"placeholder")
@@ -550,7 +550,7 @@ def test_cli_calibrate_then_eval_classifier(tmp_path, monkeypatch):
                                   str(evaluation), "--noise-aware", "--device", "cpu"])
     assert result.exit_code == 2 and "does not take a timestep" in result.output
 
-    monkeypatch.setattr("diffguide.cli.calibrate.load_architecture", lambda path: NoisyBrightness())
+    monkeypatch.setattr("diffguide.classifiers.load_architecture", lambda path: NoisyBrightness())
     result = runner.invoke(main, ["eval-classifier", "--classifier", str(checkpoint), "--data", str(data), "--out",
                                   str(evaluation), "--noise-aware", "--timesteps", "0,500,999", "--device", "cpu",
                                   "--no-progress", "--overwrite"])  # replaces the report written above
@@ -572,3 +572,59 @@ def test_frozen_wrapper_cannot_be_fine_tuned_in_train_mode():
     wrapped.requires_grad_(True)
     with pytest.raises(ValueError, match="train_mode=True"):  # ImageClassifier.train() keeps eval mode
         finetune_calibration(wrapped, train, test, CalibrationConfig(steps=1, train_mode=True), progress=False)
+
+
+def test_cli_calibrate_fine_tunes_a_noise_aware_classifier_folder(tmp_path):
+    """`calibrate --classifier FOLDER` on the model/ folder of `train-classifier` (an EncoderUNetModel, called as
+    classifier(x_t, t)) fine-tunes it on x_t with the folder's schedule, reports ECE_t, and writes weights that
+    `eval-classifier --noise-aware` scores exactly as the report's "after"."""
+    from click.testing import CliRunner
+
+    from diffguide.calibration import evaluate_calibration
+    from diffguide.checkpoints import load_network
+    from diffguide.cli import main
+    from diffguide.data import load_dataset, to_model_range
+    from diffguide.schedule import NoiseSchedule
+    from diffguide.train import ClassifierTrainConfig, NetConfig, OptimConfig, train_classifier
+
+    data = _image_folder(tmp_path / "data")
+    tiny = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[])
+    config = ClassifierTrainConfig(net=NetConfig(arch="small_classifier", **tiny), steps=4, log_every=2,
+                                   optim=OptimConfig(batch_size=8, lr=1e-3, warmup_steps=0, ema_decay=0.0),
+                                   eval_split=None, num_train_timesteps=100)
+    release = train_classifier(config, tmp_path / "trained", dataset=load_dataset(str(data), "train"),
+                               progress=False)["release"]
+    out = tmp_path / "cal"
+    runner = CliRunner()
+    result = runner.invoke(main, ["calibrate", "--classifier", release, "--data", str(data), "--out", str(out),
+                                  "--steps", "4", "--lr", "1e-3", "--batch-size", "16", "--eval-batch-size", "20",
+                                  "--checkpoint-every", "2", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "calibration_report.json").read_text())
+    assert report["config"]["noise_aware"] and report["config"]["num_train_timesteps"] == 100
+    assert report["steps"] == 4 and [row["t"] for row in report["before"]["ece_t"]] == \
+        [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]  # default_timesteps(100): 0, T/10, ..., T−1
+    # "before" is the released classifier's own ECE_t evaluation: the same weights, images, ε and t (seed 0),
+    # computed by the same code, so equal to the last bit
+    net, _ = load_network(release)
+    test = load_dataset(str(data), "test")
+    expected = evaluate_calibration(net, SeededBatches(test.images, test.labels, 20, shuffle=False,
+                                                       convert=to_model_range),
+                                    noise_aware=True, schedule=NoiseSchedule.create("linear", num_train_timesteps=100))
+    assert report["before"]["summary"] == expected["summary"]
+    assert report["before"]["summary"]["n"] == 40 * 11  # 40 test images at each of the 11 timesteps
+    assert (out / "ece_t.png").exists()
+
+    evaluation = tmp_path / "eval"
+    result = runner.invoke(main, ["eval-classifier", "--classifier", release, "--weights",
+                                  str(out / "classifier.safetensors"), "--data", str(data), "--out", str(evaluation),
+                                  "--noise-aware", "--timesteps", ",".join(str(row["t"]) for row in
+                                                                          report["after"]["ece_t"]),
+                                  "--batch-size", "20", "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((evaluation / "eval_classifier.json").read_text())["ece_t"]
+    # safetensors stores the float32 weights exactly, and the batches, ε and t are the same (batch 20, seed 0, the
+    # folder's T = 100 — not --schedule's default T = 1000), so the rows are the same numbers, not approximately
+    assert [row["t"] for row in rows] == [row["t"] for row in report["after"]["ece_t"]]
+    for row, after in zip(rows, report["after"]["ece_t"]):
+        assert row["ece"] == after["ece"] and row["accuracy"] == after["accuracy"]

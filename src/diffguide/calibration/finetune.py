@@ -19,7 +19,6 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_model
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -28,7 +27,7 @@ from ..checkpoints import read_checkpoint
 from ..io import atomic_write, check_same_settings
 from ..schedule import NoiseSchedule
 from .evaluate import check_batch, default_timesteps, evaluate_calibration
-from .loss import LOSS_FORMS, smooth_ece_loss
+from .loss import LOSS_FORMS, calibration_loss
 from .metrics import ReliabilityBins
 from .plots import plot_ece_over_timesteps, plot_reliability_diagram
 
@@ -172,9 +171,8 @@ class SeededBatches:
 
 def calibration_objective(logits: Tensor, labels: Tensor, config: CalibrationConfig) -> tuple[Tensor, Tensor, Tensor]:
     """(total, CE, L_ECE) with total = CE(logits, y) + λ·L_ECE(logits, y)."""
-    cross_entropy = F.cross_entropy(logits, labels)
-    ece_loss = smooth_ece_loss(logits, labels, form=config.ece_form, beta=config.beta, num_bins=config.num_bins)
-    return cross_entropy + config.ece_weight * ece_loss, cross_entropy, ece_loss
+    return calibration_loss(logits, labels, ece_weight=config.ece_weight, form=config.ece_form, beta=config.beta,
+                            num_bins=config.num_bins, measure_ece=True)
 
 
 def _cycle(batches: Iterable) -> Iterator:

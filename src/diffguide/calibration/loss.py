@@ -10,11 +10,13 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .metrics import bin_index
 
-__all__ = ["top_label_confidence", "pseudo_huber_sample_loss", "pseudo_huber_bin_loss", "smooth_ece_loss", "LOSS_FORMS"]
+__all__ = ["top_label_confidence", "pseudo_huber_sample_loss", "pseudo_huber_bin_loss", "smooth_ece_loss",
+           "calibration_loss", "LOSS_FORMS"]
 
 LOSS_FORMS = ("sample", "bin")
 
@@ -86,3 +88,19 @@ def smooth_ece_loss(logits: Tensor, labels: Tensor, *, form: Literal["sample", "
     if form == "sample":
         return pseudo_huber_sample_loss(confidence, correct, beta)
     return pseudo_huber_bin_loss(confidence, correct, beta, num_bins)
+
+
+def calibration_loss(logits: Tensor, labels: Tensor, *, ece_weight: float, form: str = "sample", beta: float = 1e-3,
+                     num_bins: int = 10, measure_ece: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(L, CE, L_ECE) with L = CE(f, y) + λ·L_ECE(f, y), λ = ``ece_weight`` and L_ECE = :func:`smooth_ece_loss`
+    (``form``, ``beta``, ``num_bins``) — the one objective of ``diffguide train-classifier`` and ``calibrate``.
+
+    L_ECE is computed when λ > 0 or ``measure_ece`` (then reported, not added, at λ = 0); else it is None and L = CE.
+    """
+    cross_entropy = F.cross_entropy(logits, labels)
+    if ece_weight <= 0 and not measure_ece:
+        return cross_entropy, cross_entropy, None
+    ece_loss = smooth_ece_loss(logits, labels, form=form, beta=beta, num_bins=num_bins)
+    if ece_weight <= 0:
+        return cross_entropy, cross_entropy, ece_loss
+    return cross_entropy + ece_weight * ece_loss, cross_entropy, ece_loss

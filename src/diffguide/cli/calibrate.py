@@ -11,61 +11,37 @@ import click
 
 from ._common import dashed, device_or_fail, finite, with_flag_names, writable_or_fail
 
-__all__ = ["command", "load_architecture", "load_classifier", "load_split", "print_summary_table"]
+__all__ = ["command", "load_classifier", "load_split", "print_summary_table"]
 
 SOURCE = "classifier_source.json"
 
 
-def load_architecture(path: str):
-    """The classifier stored at ``path`` (a CIFAR ResNet ``.th`` or ``.safetensors``) through
-    ``diffguide.classifiers.load_cifar_resnet``: a frozen module that takes inputs in [−1, 1] and applies its own
-    normalisation."""
-    from diffguide.classifiers import load_cifar_resnet
-
-    return load_cifar_resnet(path)
-
-
 def load_classifier(path: str, weights: str | None = None, device: str = "cpu"):
-    """:func:`load_architecture` of ``path``, with its weights replaced by ``weights`` (a state dict in safetensors
-    matching that module's keys, e.g. the ``classifier.safetensors`` of ``diffguide calibrate``) when given. Every
-    unreadable, empty, truncated or foreign file is one click error naming its flag (the loader of
-    :func:`diffguide.checkpoints.read_state_dict`, as ``sample`` uses)."""
-    from diffguide.checkpoints import load_state_dict_checked, read_state_dict
-    from diffguide.classifiers import ImageClassifier
+    """:func:`diffguide.classifiers.load_architecture` of ``path`` (a CIFAR ResNet file or a noise-aware classifier
+    folder), with its weights replaced by ``weights`` (:func:`diffguide.classifiers.load_weights`) when given. Every
+    unreadable, empty, truncated or foreign file is one click error naming its flag."""
+    from diffguide import classifiers
 
     try:
-        model = load_architecture(path)
+        model = classifiers.load_architecture(path)
     except (ValueError, FileNotFoundError) as err:
         raise click.BadParameter(str(err), param_hint="--classifier") from None
     if weights is not None:
-        target = model.module if isinstance(model, ImageClassifier) else model
         try:
-            load_state_dict_checked(target, read_state_dict(weights), what=str(weights))
+            classifiers.load_weights(model, weights)
         except (ValueError, FileNotFoundError) as err:
             raise click.BadParameter(str(err), param_hint="--weights") from None
     return model.to(device)
 
 
 def load_split(source: str, split: str | None, limit: int | None, classifier=None):
-    """Images and labels of a split; ``limit`` keeps that many images spread evenly over the (class-sorted) split
-    (:func:`diffguide.io.spread_indices`, as every command), so every class is represented. Class folders are mapped
-    onto the ``classifier``'s own class names (:func:`diffguide.data.labels_for_classes`)."""
-    from diffguide.data import labels_for_classes, load_dataset
+    """:func:`diffguide.classifiers.labelled_images`, its errors as one ``--data`` error."""
+    from diffguide.classifiers import labelled_images
 
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit: expected a positive image count, got {limit}")
-    split = None if split == "none" else split  # sources without splits (npz, a single IDX file)
-    dataset = load_dataset(source, split, limit=limit)
-    if dataset.labels is None:
-        raise ValueError(f"data: {source} ({split}) has no labels; calibration needs labelled images")
-    labels = labels_for_classes(dataset, getattr(classifier, "class_names", None),
-                                getattr(classifier, "num_classes", None), what="data")
-    preprocess = getattr(classifier, "preprocess", None)
-    size, (height, width) = getattr(preprocess, "size", None), dataset.images.shape[1:3]
-    if size is not None and not preprocess.resize and (height, width) != tuple(size):
-        raise ValueError(f"data: the images of {dataset.source} are {height}x{width}, but the classifier takes "
-                         f"{size[0]}x{size[1]} images")
-    return dataset.images, labels
+    try:
+        return labelled_images(source, split, limit, classifier)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.BadParameter(str(err), param_hint="--data") from None
 
 
 def check_calibrate_folder(out: Path, record: dict) -> None:
@@ -101,8 +77,9 @@ def print_summary_table(rows: dict[str, dict]) -> None:
 
 
 @click.command("calibrate")
-@click.option("--classifier", "classifier_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CIFAR ResNet weights (.th, e.g. shared/assets/classifiers/cifar10-resnet20-*.th, or .safetensors).")
+@click.option("--classifier", "classifier_path", required=True, type=click.Path(exists=True),
+              help="CIFAR ResNet weights (.th, e.g. shared/assets/classifiers/cifar10-resnet20-*.th, or .safetensors), "
+                   "or the model/ folder of `diffguide train-classifier` (noise-aware: fine-tuned on x_t).")
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Labelled dataset for diffguide.data.load_dataset (image folder, tarball, IDX, npz).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -129,25 +106,35 @@ def print_summary_table(rows: dict[str, dict]) -> None:
 def command(classifier_path, data, out_dir, train_split, eval_split, train_limit, eval_limit, steps, batch_size,
             eval_batch_size, lr, weight_decay, ece_weight, ece_form, beta, num_bins, checkpoint_every, seed,
             device, no_progress):
-    """Fine-tune an off-the-shelf classifier (CIFAR ResNet) on clean images with CE + λ·Smooth-ECE (AdamW) and write
-    its weights, config, before/after calibration report (accuracy, ECE, smECE, NLL) and reliability diagrams.
+    """Fine-tune a classifier with CE + λ·Smooth-ECE (AdamW) and write its weights, config, before/after calibration
+    report (accuracy, ECE, smECE, NLL; ECE_t for a noise-aware one) and reliability diagrams. An off-the-shelf CIFAR
+    ResNet is fine-tuned on clean images; a noise-aware classifier folder (`diffguide train-classifier`) on x_t with
+    t ~ U{0..T−1} of its own noise schedule.
 
     The classifier stays in eval mode (frozen batch-norm statistics); all its parameters are trained. The weights
-    (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`."""
+    (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`, or,
+    for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`."""
     from diffguide.calibration import CalibrationConfig, SeededBatches, finetune_calibration
+    from diffguide.classifiers import noise_settings
     from diffguide.data import to_model_range
     from diffguide.io import atomic_write_text, clean_stale_temporaries
 
     device = device_or_fail(device)
     try:
+        noise = noise_settings(classifier_path)
+    except (ValueError, OSError) as err:
+        raise click.BadParameter(str(err), param_hint="--classifier") from None
+    try:
         config = CalibrationConfig(steps=steps, lr=lr, weight_decay=weight_decay, ece_weight=ece_weight,
                                    ece_form=ece_form, beta=beta, num_bins=num_bins,
-                                   checkpoint_every=checkpoint_every, seed=seed)
+                                   checkpoint_every=checkpoint_every, seed=seed,
+                                   **({} if noise is None else {"noise_aware": True, **noise}))
     except ValueError as err:
         flags = {**dashed(f.name for f in dataclasses.fields(CalibrationConfig)), "num_bins": "--bins"}
         raise click.UsageError(with_flag_names(str(err), flags)) from None
     out = Path(out_dir)
-    source = {"classifier": os.path.abspath(classifier_path), "loader": "diffguide.classifiers.load_cifar_resnet",
+    loader = "diffguide.checkpoints.load_network" if noise is not None else "diffguide.classifiers.load_cifar_resnet"
+    source = {"classifier": os.path.abspath(classifier_path), "loader": loader,
               "data": os.path.abspath(data), "train_split": train_split, "eval_split": eval_split,
               "train_limit": train_limit, "eval_limit": eval_limit, "batch_size": batch_size,
               "eval_batch_size": eval_batch_size}
@@ -155,9 +142,9 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
     writable_or_fail(out, is_dir=True)
     clean_stale_temporaries(out)
     model = load_classifier(classifier_path, device=device).requires_grad_(True)  # loaded frozen, for guidance
+    train_images, train_labels = load_split(data, train_split, train_limit, model)
+    eval_images, eval_labels = load_split(data, eval_split, eval_limit, model)
     try:
-        train_images, train_labels = load_split(data, train_split, train_limit, model)
-        eval_images, eval_labels = load_split(data, eval_split, eval_limit, model)
         train = SeededBatches(train_images, train_labels, batch_size, seed=seed, convert=to_model_range)
         evaluation = SeededBatches(eval_images, eval_labels, eval_batch_size, shuffle=False, convert=to_model_range)
     except (ValueError, FileNotFoundError) as err:

@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..io import atomic_write_text
 from ._common import overwrite_option, refuse_existing, writable_or_fail
@@ -17,40 +16,13 @@ from .ref import (batch_size_option, data_options, device_option, inception_opti
 
 
 def load_consistency_classifier(classifier_path, labels, device):
-    """The CIFAR ResNet at ``classifier_path`` (:func:`diffguide.classifiers.load_cifar_resnet`), after checking
-    that the samples' labels are classes of it — before any feature is extracted."""
-    from ..classifiers import load_cifar_resnet
+    """:func:`diffguide.metrics.consistency.consistency_classifier`, its errors as one ``--classifier`` error."""
+    from ..metrics.consistency import consistency_classifier
 
     try:
-        model = load_cifar_resnet(classifier_path, device=device).eval()
+        return consistency_classifier(classifier_path, labels, device)
     except (ValueError, FileNotFoundError) as error:
         raise click.BadParameter(str(error), param_hint="--classifier") from None
-    num_classes = getattr(model, "num_classes", None)
-    bad = (labels < 0) | (labels >= (num_classes if num_classes is not None else np.iinfo(np.int64).max))
-    if bad.any():
-        classes = f"classes 0..{num_classes - 1}" if num_classes is not None else "classes from 0"
-        raise click.BadParameter(f"the samples' labels lie in [{labels.min()}, {labels.max()}], but the classifier has "
-                                 f"{classes} ({int(bad.sum())} samples outside); class "
-                                 "consistency needs the labels the samples were generated for",
-                                 param_hint="--classifier")
-    return model
-
-
-def class_consistency(images: np.ndarray, labels: np.ndarray, model, *, device, batch_size: int) -> float:
-    """Accuracy of the classifier ``model`` (a module, or the path of a CIFAR ResNet) on the samples against the
-    labels they were generated for: (1/N) Σ 1[argmax_c f(x_n)_c = y_n]."""
-    import torch
-
-    from ..data import to_model_range
-
-    if not isinstance(model, torch.nn.Module):
-        model = load_consistency_classifier(model, labels, device)
-    correct = 0
-    with torch.no_grad():
-        for lo in range(0, len(images), batch_size):
-            logits = model(to_model_range(images[lo:lo + batch_size], device=device))
-            correct += int((logits.argmax(dim=1).cpu() == torch.from_numpy(labels[lo:lo + batch_size])).sum())
-    return correct / len(images)
 
 
 @click.command("eval")
@@ -126,6 +98,8 @@ def command(samples, reference_path, out, split, limit, k, kid_subsets, kid_subs
         metrics = evaluate_features(features, reference, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                                     prdc_samples=prdc_samples, seed=seed, device=extractor.device)
     if classifier_path is not None:
+        from ..metrics import class_consistency
+
         metrics["class_consistency"] = class_consistency(dataset.images, dataset.labels, classifier,
                                                          device=extractor.device, batch_size=batch_size)
     result = {

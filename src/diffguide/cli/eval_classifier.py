@@ -3,7 +3,6 @@ reliability diagram."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -17,20 +16,6 @@ from ._common import device_or_fail, overwrite_option, refuse_existing, writable
 __all__ = ["command"]
 
 
-def _takes_timestep(module) -> bool:
-    """Whether ``module(x, t)`` is a valid call (a noise-aware classifier), judged from its ``forward`` signature
-    (for an ``ImageClassifier`` wrapper, which passes extra arguments through, from the wrapped module's)."""
-    from diffguide.classifiers import ImageClassifier
-
-    if isinstance(module, ImageClassifier):
-        module = module.module
-    try:
-        inspect.signature(getattr(module, "forward", module)).bind(None, None)
-        return True
-    except TypeError:
-        return False
-
-
 def _parse_timesteps(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -41,8 +26,9 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
 
 
 @click.command("eval-classifier")
-@click.option("--classifier", "classifier_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CIFAR ResNet weights: a .th checkpoint or the classifier.safetensors of `diffguide calibrate`.")
+@click.option("--classifier", "classifier_path", required=True, type=click.Path(exists=True),
+              help="CIFAR ResNet weights (a .th checkpoint or the classifier.safetensors of `diffguide calibrate`), "
+                   "or a noise-aware classifier folder of `diffguide train-classifier` (with --noise-aware).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A safetensors state dict to load into the --classifier module (keys of that module).")
 @click.option("--data", required=True, type=click.Path(exists=True),
@@ -58,7 +44,7 @@ def _parse_timesteps(text: str | None) -> list[int] | None:
 @click.option("--noise-aware", is_flag=True,
               help="The classifier is noise-aware, called as classifier(x_t, t): report ECE_t over --timesteps.")
 @click.option("--schedule", type=click.Choice(["linear", "cosine"]), default="linear", show_default=True,
-              help="Noise schedule for --noise-aware.")
+              help="Noise schedule for --noise-aware (a classifier folder brings its own).")
 @click.option("--timesteps", default=None,
               help="Comma-separated original timesteps for ECE_t (default 0,100,...,900,999).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the noise for ECE_t.")
@@ -79,20 +65,22 @@ def command(classifier_path, weights, data, split, limit, batch_size, num_bins, 
 
     out = Path(out_dir)
     timesteps = _parse_timesteps(timesteps)
+    from diffguide.classifiers import noise_settings, takes_timestep
+
     model = shared.load_classifier(classifier_path, weights, device_or_fail(device))
-    if noise_aware and not _takes_timestep(model):
+    if noise_aware and not takes_timestep(model):
         raise click.BadParameter(f"{classifier_path} does not take a timestep (it is called as classifier(x)); "
                                  "--noise-aware needs classifier(x_t, t)", param_hint="--noise-aware")
     refuse_existing([out / name for name in ("eval_classifier.json", "reliability.png", "ece_t.png")], overwrite)
     writable_or_fail(out, is_dir=True)
-    try:
-        images, labels = shared.load_split(data, split, limit, model)
-    except (ValueError, FileNotFoundError) as err:
-        raise click.BadParameter(str(err), param_hint="--data") from None
+    images, labels = shared.load_split(data, split, limit, model)
+    noise = noise_settings(classifier_path)  # a classifier folder: its own schedule and T, not --schedule's
+    noise_schedule = NoiseSchedule.create(noise["schedule"], num_train_timesteps=noise["num_train_timesteps"]) \
+        if noise is not None else NoiseSchedule.create(schedule)
     try:
         batches = SeededBatches(images, labels, batch_size, shuffle=False, convert=to_model_range)
         report = evaluate_calibration(model, batches, noise_aware=noise_aware,
-                                      schedule=NoiseSchedule.create(schedule) if noise_aware else None,
+                                      schedule=noise_schedule if noise_aware else None,
                                       timesteps=timesteps, num_bins=num_bins, seed=seed,
                                       progress=not no_progress)
     except ValueError as err:  # e.g. --timesteps not steps of the schedule, images of another size

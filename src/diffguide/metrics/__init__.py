@@ -2,7 +2,8 @@
 
 A :class:`Reference` (``diffguide ref``) holds the float64 mean and covariance of a data set's features and a random
 subset of the features themselves, together with the identity of the feature network that produced them;
-:func:`evaluate_features` scores generated samples' features against it (``diffguide eval``).
+:func:`evaluate_features` scores generated samples' features against it (``diffguide eval``); :func:`class_consistency` scores their labels
+with a classifier (:mod:`.consistency`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_save_npz
+from .consistency import class_consistency
 from .fid import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
 from .inception import FEATURE_DIM, InceptionFeatures, NetworkIdentity, resolve_inception_path
 from .prdc import PRDC, prdc
@@ -22,6 +24,7 @@ __all__ = [
     "Reference", "compute_reference", "evaluate_features", "feature_statistics", "frechet_distance",
     "fid_from_features", "kernel_inception_distance", "prdc", "PRDC", "InceptionFeatures", "NetworkIdentity",
     "resolve_inception_path", "FEATURE_DIM", "check_image_set", "REFERENCE_FORMAT", "INCEPTION_SCORE_UNAVAILABLE",
+    "class_consistency",
 ]
 
 REFERENCE_FORMAT = "diffguide-reference-v1"

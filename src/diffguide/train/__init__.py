@@ -3,7 +3,12 @@ noise-aware classifiers.
 
 - :mod:`.losses` — L_std, L_ours, label dropout, the ideal optimum and w_eff;
 - :mod:`.config` — typed run configurations (JSON beside the weights and in every checkpoint);
-- :mod:`.loop` — :func:`train` and :func:`train_classifier`: AdamW, warm-up, clipping, EMA, bf16, DDP, exact resume.
+- :mod:`.batches` — the data of a run and its seeded mini-batches;
+- :mod:`.networks` — the ε-networks and noise-aware classifiers a run builds;
+- :mod:`.objectives` — the diffusion objective and the classifier's CE + λ·Smooth-ECE;
+- :mod:`.trainer` — the resumable run: AdamW, warm-up, clipping, EMA, bf16, DDP, checkpoints, exact resume;
+- :mod:`.outputs` — sample grids and the loss curve;
+- :mod:`.loop` — the entry points :func:`train` and :func:`train_classifier`.
 """
 
 from .config import ClassifierTrainConfig, DataConfig, LossConfig, NetConfig, OptimConfig, TrainConfig
