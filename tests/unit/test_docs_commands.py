@@ -19,19 +19,9 @@ import torch
 from click.testing import CliRunner
 
 from diffguide.cli import main
+from conftest import StandInInception
 
 NUM_CLASSES = 10  # CIFAR-10's, so that a CIFAR ResNet can guide the tiny model
-
-
-class StandInInception(torch.nn.Module):
-    """The FID network's interface ([N, 3, 299, 299] -> [N, D]) at D = 8: 2x2 average pool and a fixed projection."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("projection", torch.randn(12, 8, generator=torch.Generator().manual_seed(0)))
-
-    def forward(self, x):
-        return torch.relu(torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1) @ self.projection)
 
 
 def invoke(command: str):
