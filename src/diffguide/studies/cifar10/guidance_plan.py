@@ -61,20 +61,21 @@ def methods() -> dict[str, dict]:
     return out
 
 
-def classifier_units() -> list[Unit]:
+def classifier_units(steps: int = CLASSIFIER_STEPS) -> list[Unit]:
     """The noise-aware pair: CE alone and CE + λ·Smooth-ECE, same seed, data, network and number of steps."""
-    est = training_seconds(CLASSIFIER_STEPS, CLASSIFIER_BATCH) / 2  # small classifier: ~half the UNet's step cost
-    delta = {"steps": CLASSIFIER_STEPS, "batch_size": CLASSIFIER_BATCH, "seed": 0,
+    est = training_seconds(steps, CLASSIFIER_BATCH) / 2  # small classifier: ~half the UNet's step cost (a guess)
+    delta = {"steps": steps, "batch_size": CLASSIFIER_BATCH, "seed": 0,
              "eval_timesteps": CLASSIFIER_TIMESTEPS}
     return [Unit("clf_ce", "train_classifier", {**delta, "ece_weight": 0.0}, (), est),
             Unit("clf_sece", "train_classifier", {**delta, "ece_weight": ECE_WEIGHT}, (), est)]
 
 
 def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, steps: int = STEPS,
-          subset_steps: int = SUBSET_STEPS, grid_limit: int | None = None) -> list[Unit]:
+          subset_steps: int = SUBSET_STEPS, grid_limit: int | None = None,
+          classifier_steps: int = CLASSIFIER_STEPS) -> list[Unit]:
     """The plan in run order: reference, classifiers, every seed-0 grid, then the chosen scales at seeds 1-3, then the
     DDIM subset. ``grid_limit`` keeps the first values of each grid (the --tiny check only; reported as such)."""
-    out = [reference_unit(), *classifier_units()]
+    out = [reference_unit(), *classifier_units(classifier_steps)]
     specs = methods()
     order = [m for m in specs if m != "best_cg_plus_cfg"] + ["best_cg_plus_cfg"]
     for method in order:
