@@ -198,6 +198,11 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
             lines.append(f"| control: standard at w_eff (w_train={ap.w_train(arm):g}) | " + " | ".join(
                 f"{mean_std([standard[e]])} (w_eff={e:g})" if e in standard else f"not yet run (w_eff={e:g})"
                 for e in effs) + " | | | |")
+    standard = curves.get("standard", {})
+    lines += ["", "Reproduction check (issue 14: the retrained standard arm must land within about 1.5 FID of the "
+              "shared model's 11.23 / 9.37 at w = 0 / 1, same protocol): "
+              + ", ".join(f"w={w:g}: {mean_std([standard[w]]) if w in standard else 'not yet run'} (shared {ref})"
+                          for w, ref in ((0.0, 11.23), (1.0, 9.37))) + "."]
     for metric in ("precision", "recall"):
         lines += ["", f"{metric.capitalize()} vs w (seed 0):", "", "| arm | " + " | ".join(f"w={w:g}" for w in grid)
                   + " |", "|---|" + "---|" * len(grid)]

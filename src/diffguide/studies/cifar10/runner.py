@@ -23,6 +23,7 @@ from .plan import Unit
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
 GRID_GROUPS = ("grid", "wcurve")
+STARTUP_MARGIN_S = 150.0  # a training command's compile, data load and release on top of its time_limit_s
 
 
 @dataclasses.dataclass
@@ -283,7 +284,7 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
             run_sample(study, unit, cache, results_dir, results)
         elif unit.kind == "reference":
             run_reference(study, cache)
-        elif not run_training(study, unit, cache, remaining):
+        elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
             break
         finished.append(unit.id)
     print(describe(study, cache_dir, results_dir))
