@@ -40,6 +40,8 @@ def make_command(name: str) -> click.Command:
                   help=f"report path [default: docs/results/{name}.md; --tiny: beside the results]")
     def command(shared, model, data, inception, classifiers, cache, results, budget_s, tiny, report_only,
                 list_only, report):
+        if tiny and results and Path(results).resolve().is_relative_to((REPO / "docs" / "results").resolve()):
+            raise click.BadParameter("--tiny never writes into docs/results", param_hint="--results")
         if tiny:
             work = Path(tempfile.mkdtemp(prefix=f"{name}_tiny_")) if results is None else Path(results).parent
             results = results or str(work / "results")
@@ -48,8 +50,6 @@ def make_command(name: str) -> click.Command:
         else:
             results = results or str(REPO / "docs" / "results" / name)
             assets = {} if (report_only or list_only) else _real(shared, model, data, inception, classifiers)
-        if tiny and Path(results).resolve().is_relative_to((REPO / "docs" / "results").resolve()):
-            raise click.BadParameter("--tiny never writes into docs/results", param_hint="--results")
         study = build(assets, tiny=tiny)
         report = report or (str(Path(results).parent / f"{name}.md") if tiny
                             else str(REPO / "docs" / "results" / f"{name}.md"))
