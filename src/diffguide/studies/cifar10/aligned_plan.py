@@ -1,0 +1,90 @@
+"""Issue 14's protocol: the CFG-aligned training loss against the standard loss on CIFAR-10, as curves.
+
+Arms — the shared model's configuration (its train_config.json: ADM UNet 17.2M, batch 128, seed 0, AdamW 2e-4,
+EMA 0.9995, bf16) for 23,679 steps; they differ in the loss line only (:data:`ARMS`, deltas on ``TrainConfig.loss``):
+standard (the reproduction of cifar10-cond-17m-v0), aligned from scratch at w_train = 1 and 2 (no stop-gradient, no
+mixing: the spec defaults), aligned with the stop-gradient on the null branch at w_train = 1 (our variant), and
+aligned fine-tuned from the retrained standard model for 10% of the budget (2,368 steps) at w_train = 1.
+
+Curves, fixed before any run: FID/precision/recall vs w ∈ {0, 0.5, 1, 2, 3, 4}, DDIM-50, 10k samples, seed 0, every
+arm; the control — the standard model at w_eff = (w′ − w_train)/(1 + w_train) for every aligned point (seed 0).
+Best w = the lowest FID of that seed-0 curve. FID vs steps: DDIM 10/20/50/100, DPM-Solver++(2M) 10/20, DDPM 250,
+10k samples at seeds 1, 2, 3, at each arm's best w and at the common w = 1.
+"""
+
+from __future__ import annotations
+
+from ...train.losses import effective_guidance
+from .plan import Unit, reference_unit, sample_unit, training_seconds
+
+NAME = "cifar10_cfg_aligned"
+STEPS, FINETUNE_STEPS, BATCH = 23_679, 2_368, 128
+W_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
+COMMON_W = 1.0
+CURVE_SAMPLER, CURVE_STEPS, CURVE_SEED, SAMPLES = "ddim", 50, 0, 10_000
+STEP_POINTS = (("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp_2m", 10), ("dpmpp_2m", 20),
+               ("ddpm", 250))
+SPREAD_SEEDS = (1, 2, 3)
+ARMS = {
+    "standard": {"loss": {"kind": "standard"}, "steps": STEPS},
+    "aligned_w1": {"loss": {"kind": "aligned", "w_train": 1.0, "stop_grad_null": False, "mix_lambda": None},
+                   "steps": STEPS},
+    "aligned_w2": {"loss": {"kind": "aligned", "w_train": 2.0, "stop_grad_null": False, "mix_lambda": None},
+                   "steps": STEPS},
+    "aligned_w1_stopgrad": {"loss": {"kind": "aligned", "w_train": 1.0, "stop_grad_null": True, "mix_lambda": None},
+                            "steps": STEPS},
+    "aligned_ft_w1": {"loss": {"kind": "aligned", "w_train": 1.0, "stop_grad_null": False, "mix_lambda": None},
+                      "steps": FINETUNE_STEPS, "init_from": "standard"},
+}
+
+
+def w_train(arm: str) -> float | None:
+    loss = ARMS[arm]["loss"]
+    return loss["w_train"] if loss["kind"] == "aligned" else None
+
+
+def methods() -> dict[str, dict]:
+    """One sampling spec per arm: CFG at w with the arm's own weights."""
+    return {arm: {"guide": None, "cfg": True, "grid": W_GRID, "scale_field": "cfg_w", "arm": arm, "needs": (arm,)}
+            for arm in ARMS}
+
+
+def control_scales(w_grid=W_GRID) -> list[float]:
+    """w_eff of every aligned point, rounded to 6 decimals (distinct values, sorted)."""
+    return sorted({round(effective_guidance(w, w_train(arm)), 6) for arm in ARMS if w_train(arm) is not None
+                   for w in w_grid})
+
+
+def train_units(steps_scale: float = 1.0) -> list[Unit]:
+    out = []
+    for arm, delta in ARMS.items():
+        steps = max(2, int(delta["steps"] * steps_scale))
+        needs = (delta["init_from"],) if "init_from" in delta else ()
+        out.append(Unit(arm, "train", {**delta, "steps": steps, "batch_size": BATCH, "seed": 0}, needs,
+                        training_seconds(steps, BATCH)))
+    return out
+
+
+def units(samples: int = SAMPLES, steps_scale: float = 1.0, step_points=STEP_POINTS, w_grid=W_GRID,
+          curve_steps: int = CURVE_STEPS) -> list[Unit]:
+    """The plan in run order: reference, the five trainings, the seed-0 w-curves, the control, the steps curves."""
+    specs = methods()
+    out = [reference_unit(), *train_units(steps_scale)]
+    for arm in ARMS:
+        for w in w_grid:
+            out.append(sample_unit("", arm, specs[arm], w, sampler=CURVE_SAMPLER, steps=curve_steps, seed=CURVE_SEED,
+                                   num_samples=samples, group="wcurve"))
+    seen = {u.id for u in out}
+    for w in control_scales(w_grid):
+        unit = sample_unit("", "standard", specs["standard"], w, sampler=CURVE_SAMPLER, steps=curve_steps,
+                           seed=CURVE_SEED, num_samples=samples, group="wcurve")
+        if unit.id not in seen:  # w_eff ∈ {0, 1, ...} is already a point of the standard curve
+            seen.add(unit.id)
+            out.append(unit)
+    for arm in ARMS:
+        for scale in (None, COMMON_W):
+            for sampler, steps in step_points:
+                for seed in SPREAD_SEEDS:
+                    out.append(sample_unit("", arm, specs[arm], scale, sampler=sampler, steps=steps, seed=seed,
+                                           num_samples=samples, group="steps"))
+    return out

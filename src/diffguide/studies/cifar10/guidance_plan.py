@@ -1,0 +1,110 @@
+"""Issue 13's protocol: classifier guidance (ADM-G, EluCD and the paper's objectives) on the 17.2M CIFAR-10 model.
+
+Fixed before any run: DDPM with 100 respaced steps; every method's scale swept on the grid below with 5k samples at
+seed 0; the grid's lowest FID picks the scale (seed-0 JSONs only); then 10k samples at seeds 1, 2, 3 (never 0). A
+DDIM-50 subset repeats the main methods at their chosen scales. Labels uniform random; FID against the 50k training
+images; class consistency judged by ResNet-56, which never guides.
+
+Guides: the off-the-shelf ResNet-20/-32/-44 on x̂0 (Softplus β = 3, their own input normalisation: [−1, 1] → [0, 1]
+→ ImageNet mean/std); the paper's objectives guide with ResNet-32 (the middle one, fixed in advance). Noise-aware:
+two ``small_classifier`` runs of :func:`diffguide.train.train_classifier` on the JPEG train split, same seed and
+length, CE alone (the matched control, also "ADM-G before calibration") and CE + λ·Smooth-ECE (``ece_weight``).
+"""
+
+from __future__ import annotations
+
+from .plan import Unit, reference_unit, sample_unit, training_seconds
+
+NAME = "cifar10_guidance"
+SAMPLER, STEPS = "ddpm", 100
+SUBSET_SAMPLER, SUBSET_STEPS = "ddim", 50
+GRID_SEED, FINAL_SEEDS = 0, (1, 2, 3)
+GRID_SAMPLES, FINAL_SAMPLES = 5_000, 10_000
+CFG_GRID = (0.25, 0.5, 1.0, 2.0, 3.0)
+X0_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)
+XT_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)
+COMBINED_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # classifier scale on top of CFG at CFG's chosen w
+DIVERGENCE_POINTS = ((0.5, 0.9), (0.25, 0.9), (0.5, 0.95))  # (α, ε): the spec defaults and one step along each
+CLASSIFIER_STEPS, CLASSIFIER_BATCH, ECE_WEIGHT = 20_000, 128, 1.0
+CLASSIFIER_TIMESTEPS = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
+ELUCD = {"objective": "baseline", "objective_params": {"tau1": 1.0, "tau2": 0.5}, "schedule": "sine",
+         "schedule_params": {"gamma": 0.3}, "rule": "elucd"}
+JUDGE = "resnet56"
+SUBSET_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "reverse_kl_a0.5_e0.9")
+
+
+def _x0(guide: str, **spec) -> dict:
+    return {"guide": guide, "grid": X0_GRID, "scale_field": "classifier_scale", "rule": "score", **spec}
+
+
+def methods() -> dict[str, dict]:
+    """Every method's sampling spec: guide, objective (+params), schedule, update rule, fixed scale grid."""
+    out = {
+        "none": {"guide": None, "grid": (0.0,), "scale_field": "cfg_w"},
+        "cfg": {"guide": None, "cfg": True, "grid": CFG_GRID, "scale_field": "cfg_w"},
+    }
+    for name, unit in (("adm_g_ce", "clf_ce"), ("adm_g_sece", "clf_sece")):
+        out[name] = {"guide": unit, "grid": XT_GRID, "scale_field": "classifier_scale", "objective": "log_softmax",
+                     "rule": "score", "needs": (unit,)}
+    for depth in (20, 32, 44):
+        out[f"elucd_resnet{depth}"] = _x0(f"resnet{depth}", **ELUCD)
+    base = {k: v for k, v in ELUCD.items() if k not in ("objective", "objective_params")}
+    out["tilted"] = _x0("resnet32", **base, objective="tilted", objective_params={"t_tilde": -0.2})
+    for rule in ("confidence", "inverse_entropy", "time"):
+        out[f"entropy_{rule}"] = _x0("resnet32", **base, objective="entropy", objective_params={"rule": rule})
+    for divergence in ("reverse_kl", "forward_kl", "js", "hellinger"):
+        for alpha, epsilon in DIVERGENCE_POINTS:
+            out[f"{divergence}_a{alpha:g}_e{epsilon:g}"] = _x0(
+                "resnet32", **base, objective=divergence, objective_params={"alpha": alpha, "epsilon": epsilon})
+    out["best_cg_plus_cfg"] = {"combine": True, "guide": "best", "cfg": True, "grid": COMBINED_GRID,
+                               "scale_field": "classifier_scale"}
+    return out
+
+
+def classifier_units(steps: int = CLASSIFIER_STEPS) -> list[Unit]:
+    """The noise-aware pair: CE alone and CE + λ·Smooth-ECE, same seed, data, network and number of steps."""
+    est = training_seconds(steps, CLASSIFIER_BATCH) / 2  # small classifier: ~half the UNet's step cost (a guess)
+    delta = {"steps": steps, "batch_size": CLASSIFIER_BATCH, "seed": 0,
+             "eval_timesteps": CLASSIFIER_TIMESTEPS}
+    return [Unit("clf_ce", "train_classifier", {**delta, "ece_weight": 0.0}, (), est),
+            Unit("clf_sece", "train_classifier", {**delta, "ece_weight": ECE_WEIGHT}, (), est)]
+
+
+def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, steps: int = STEPS,
+          subset_steps: int = SUBSET_STEPS, grid_limit: int | None = None,
+          classifier_steps: int = CLASSIFIER_STEPS) -> list[Unit]:
+    """The plan in run order: reference, classifiers, every seed-0 grid, then the chosen scales at seeds 1-3, then the
+    DDIM subset. ``grid_limit`` keeps the first values of each grid (the --tiny check only; reported as such)."""
+    out = [reference_unit(), *classifier_units(classifier_steps)]
+    specs = methods()
+    order = [m for m in specs if m != "best_cg_plus_cfg"] + ["best_cg_plus_cfg"]
+    for method in order:
+        for scale in specs[method]["grid"][:grid_limit]:
+            out.append(sample_unit("", method, specs[method], scale, sampler=SAMPLER, steps=steps, seed=GRID_SEED,
+                                   num_samples=grid_samples, group="grid"))
+    for method in order:
+        for seed in FINAL_SEEDS:
+            out.append(sample_unit("", method, specs[method], None, sampler=SAMPLER, steps=steps, seed=seed,
+                                   num_samples=final_samples, group="final"))
+    for method in SUBSET_METHODS:
+        for seed in FINAL_SEEDS:
+            out.append(sample_unit("", method, specs[method], None, sampler=SUBSET_SAMPLER, steps=subset_steps,
+                                   seed=seed, num_samples=final_samples, group="subset"))
+    return out
+
+
+CLAIMS = (
+    # (claim, favoured method, reference method, metric, sign: +1 favoured higher / −1 lower)
+    ("Smooth-ECE lowers guided FID (vs the matched CE-only control)", "adm_g_sece", "adm_g_ce", "fid", -1),
+    ("reverse KL beats the EluCD baseline (FID)", "reverse_kl_a0.5_e0.9", "elucd_resnet32", "fid", -1),
+    ("JS has the best FID among the divergences: vs reverse KL", "js_a0.5_e0.9", "reverse_kl_a0.5_e0.9", "fid", -1),
+    ("JS has the best FID among the divergences: vs forward KL", "js_a0.5_e0.9", "forward_kl_a0.5_e0.9", "fid", -1),
+    ("JS has the best FID among the divergences: vs Hellinger", "js_a0.5_e0.9", "hellinger_a0.5_e0.9", "fid", -1),
+    ("forward KL has the highest precision: vs reverse KL", "forward_kl_a0.5_e0.9", "reverse_kl_a0.5_e0.9",
+     "precision", 1),
+    ("forward KL has the highest precision: vs JS", "forward_kl_a0.5_e0.9", "js_a0.5_e0.9", "precision", 1),
+    ("tilted gives a small gain over the baseline (FID)", "tilted", "elucd_resnet32", "fid", -1),
+    ("entropy (confidence rule) gives a small gain (FID)", "entropy_confidence", "elucd_resnet32", "fid", -1),
+    ("entropy (inverse-entropy rule) gives a small gain (FID)", "entropy_inverse_entropy", "elucd_resnet32", "fid", -1),
+    ("entropy (time rule) gives a small gain (FID)", "entropy_time", "elucd_resnet32", "fid", -1),
+)

@@ -1,0 +1,68 @@
+"""The two CIFAR-10 studies' protocols as data (issues 13 and 14), fixed before any number is seen.
+
+A study is a list of :class:`Unit` s, run in order by :mod:`.runner`:
+
+- ``reference`` — Inception statistics of the 50k training images (a cache file, never in the repo);
+- ``train`` / ``train_classifier`` — a diffusion model / noise-aware classifier (weights in the cache; resumable
+  through the trainer's own checkpoint and ``time_limit_s``);
+- ``sample`` — one sampling run scored against the reference: its metrics JSON in the results folder *is* the
+  unit's completion mark. ``scale=None`` means "the scale chosen from this method's seed-0 grid JSONs" (lowest FID).
+
+Estimated H200 seconds use docs/performance.md: DDIM-50 CFG sampling 205 img/s (compiled, batch 2500, one batched
+[cond, ∅] forward per step), so one network evaluation pass of a CFG step costs 1/(205·50) s per image; a plain
+conditional step half of that; a classifier-guided step ×2.5 (forward + backward of the guide; ADM-G ran at
+1.47–1.59x the unguided cost in the ADM benchmark, rounded up for the backward through x̂0); training 4,683 img/s
+at batch 128 plus 100 s of compilation per command; Inception features 2,000 img/s (not measured on the H200: a
+guess, stated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CFG_STEP_S = 1.0 / (205 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
+GUIDED_FACTOR = 2.5
+TRAIN_IMG_S = 4683.0
+COMPILE_S = 100.0
+FEATURES_IMG_S = 2000.0
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work. ``params``: for 'sample' — method, scale (None: chosen from seed 0), sampler, steps, seed,
+    num_samples, group; for training units — the config deltas. ``needs``: ids of units whose outputs it uses."""
+
+    id: str
+    kind: str
+    params: dict = field(default_factory=dict)
+    needs: tuple = ()
+    est_s: float = 0.0
+
+
+def sampling_seconds(num_samples: int, steps: int, *, cfg: bool, guided: bool) -> float:
+    """Estimated H200 seconds of one sampling run + its Inception features (see the module docstring)."""
+    per_step = CFG_STEP_S * (1.0 if cfg else 0.5) * (GUIDED_FACTOR if guided else 1.0)
+    return num_samples * (steps * per_step + 1.0 / FEATURES_IMG_S)
+
+
+def training_seconds(steps: int, batch_size: int = 128) -> float:
+    return steps * batch_size / TRAIN_IMG_S + COMPILE_S
+
+
+def reference_unit() -> Unit:
+    return Unit("reference", "reference", {"num_images": 50_000}, (), 50_000 / FEATURES_IMG_S)
+
+
+def sample_unit(study_prefix: str, method: str, spec: dict, scale, *, sampler: str, steps: int, seed: int,
+                num_samples: int, group: str, needs=()) -> Unit:
+    """A sampling + scoring unit; its id (the JSON's name) says everything that identifies it."""
+    scale_tag = "best" if scale is None else f"{scale:g}".replace("-", "m")
+    uid = f"{study_prefix}{group}__{method}__s{scale_tag}__{sampler}{steps}__seed{seed}__n{num_samples}"
+    est = sampling_seconds(num_samples, steps, cfg=spec.get("cfg", False), guided=spec.get("guide") is not None)
+    params = {"method": method, "scale": scale, "sampler": sampler, "steps": steps, "seed": seed,
+              "num_samples": num_samples, "group": group}
+    return Unit(uid, "sample", params, ("reference", *needs, *spec.get("needs", ())), est)
+
+
+def estimated_total(units: list[Unit]) -> float:
+    return sum(u.est_s for u in units)

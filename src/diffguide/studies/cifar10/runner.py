@@ -1,0 +1,292 @@
+"""Run a CIFAR-10 study's plan unit by unit within a time budget; resumable across commands.
+
+A sampling unit is finished when its metrics JSON is in the results folder (the repo's docs/results/<study>/);
+a reference / training unit when its output is in the cache (default ~/.cache/diffguide-studies/<study>, never in
+the repo). Missing cache outputs are re-created from the plan's fixed seeds. Scales marked "chosen" are read from
+the seed-0 grid JSONs only (:func:`chosen_scale`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...io import atomic_write_text
+from .plan import Unit
+
+DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
+GRID_GROUPS = ("grid", "wcurve")
+STARTUP_MARGIN_S = 150.0  # a training command's compile, data load and release on top of its time_limit_s
+
+
+@dataclasses.dataclass
+class Study:
+    """A plan (``units`` in run order, ``methods`` specs) with the assets it runs on. ``assets`` keys: model,
+    data (path or an ImageDataset), inception, judge, guides {name: (on, spec)}, train_config (dict), batch_size,
+    bf16, classifier_net (dict or None), device, num_features."""
+
+    name: str
+    units: list
+    methods: dict
+    assets: dict
+    tiny: bool = False
+
+    def unit(self, uid: str) -> Unit:
+        return next(u for u in self.units if u.id == uid)
+
+
+def result_path(results_dir, unit: Unit) -> Path:
+    return Path(results_dir) / f"{unit.id}.json"
+
+
+def load_results(results_dir) -> dict[str, dict]:
+    """{unit id: metrics JSON} of every finished sampling unit in ``results_dir``."""
+    folder = Path(results_dir)
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def cache_done(cache: Path, unit: Unit) -> bool:
+    if unit.kind == "reference":
+        return (cache / "reference.npz").is_file()
+    return (cache / "train" / unit.id / "done.json").is_file()
+
+
+def is_done(study: Study, unit: Unit, cache: Path, results: dict) -> bool:
+    return unit.id in results if unit.kind == "sample" else cache_done(cache, unit)
+
+
+def _fid(record: dict) -> float:
+    value = record.get("metrics", {}).get("fid")
+    return math.inf if record.get("failed") or value is None or not math.isfinite(value) else float(value)
+
+
+def chosen_scale(study: Study, method: str, results: dict):
+    """The scale of ``method``'s seed-0 grid with the lowest FID (failed runs score +inf), or None while a grid point
+    is missing. Reads only the seed-0 grid JSONs."""
+    grid = [u for u in study.units if u.kind == "sample" and u.params["group"] in GRID_GROUPS
+            and u.params["method"] == method and u.params["seed"] == 0
+            and u.params["scale"] in study.methods[method]["grid"]]
+    if not grid or any(u.id not in results for u in grid):
+        return None
+    best = min(grid, key=lambda u: (_fid(results[u.id]), u.params["scale"]))
+    return best.params["scale"]
+
+
+def best_guided_method(study: Study, results: dict):
+    """The classifier-guidance method with the lowest seed-0 grid FID (at its chosen scale), or None if unknown."""
+    scores = {}
+    for name, spec in study.methods.items():
+        if spec.get("guide") is None or spec.get("combine"):
+            continue
+        scale = chosen_scale(study, name, results)
+        if scale is None:
+            return None
+        unit = next(u for u in study.units if u.params.get("method") == name and u.params.get("seed") == 0
+                    and u.params.get("group") in GRID_GROUPS and u.params.get("scale") == scale)
+        scores[name] = _fid(results[unit.id])
+    return min(scores, key=lambda n: (scores[n], n)) if scores else None
+
+
+def resolve(study: Study, unit: Unit, results: dict):
+    """(spec, scale, extra settings) of a sampling unit, or None while it waits for seed-0 grid results."""
+    spec = study.methods[unit.params["method"]]
+    extra = {}
+    if spec.get("combine"):
+        base, cfg_w = best_guided_method(study, results), chosen_scale(study, "cfg", results)
+        if base is None or cfg_w is None:
+            return None
+        extra = {"cfg_w": cfg_w, "combined_with": base}
+        spec = {**study.methods[base], "scale_field": "classifier_scale"}
+    scale = unit.params["scale"]
+    if scale is None:
+        scale = chosen_scale(study, unit.params["method"], results)
+        if scale is None:
+            return None
+    return spec, scale, extra
+
+
+def build_settings(study: Study, unit: Unit, spec: dict, scale, extra: dict, cache: Path):
+    from ...api import SampleSettings
+
+    a, p = study.assets, unit.params
+    model = str(cache / "train" / spec["arm"] / "model") if spec.get("arm") else a["model"]
+    fields = {"model": model, "num_samples": p["num_samples"], "batch_size": a["batch_size"], "seed": p["seed"],
+              "labels": "uniform", "sampler": p["sampler"], "steps": str(p["steps"]), "bf16": a["bf16"],
+              "on_nonfinite": "zero"}
+    guide = spec.get("guide")
+    if guide is not None:
+        on, path = ("x_t", str(cache / "train" / guide / "model")) if guide.startswith("clf_") else a["guides"][guide]
+        fields["x0_classifier" if on == "x0" else "classifier"] = path
+        rule = spec.get("rule", "score")
+        fields.update(objective=spec.get("objective"), objective_params=dict(spec.get("objective_params", {})),
+                      schedule=spec.get("schedule", "constant"), schedule_params=dict(spec.get("schedule_params", {})),
+                      guidance_rule=rule if p["sampler"] == "ddpm" or rule != "elucd" else "score")
+    if spec["scale_field"] == "cfg_w":
+        fields["cfg_w"] = None if unit.params["method"] == "none" else float(scale)
+    else:
+        fields["classifier_scale"] = float(scale)
+    if "cfg_w" in extra:
+        fields["cfg_w"] = float(extra["cfg_w"])
+    return SampleSettings(**fields)
+
+
+def environment(study: Study) -> dict:
+    cuda = torch.cuda.is_available() and str(study.assets.get("device") or "cuda").startswith("cuda")
+    return {"gpu": torch.cuda.get_device_name() if cuda else f"none (CPU: {platform.processor() or 'unknown'})",
+            "torch": torch.__version__, "precision": "bf16 autocast" if study.assets["bf16"] else "fp32",
+            "tiny": study.tiny}
+
+
+def _judge_accuracy(spec: str, images: np.ndarray, labels: np.ndarray, device) -> float:
+    from .assets import load_judge
+
+    judge = load_judge(spec, device)
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(images), 500):
+            x = torch.from_numpy(images[start:start + 500]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            predictions.append(judge(x).argmax(1).cpu().numpy())
+    return float((np.concatenate(predictions) == labels).mean())
+
+
+def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> dict:
+    from ...api import sample
+    from ...metrics import InceptionFeatures, Reference, evaluate_features
+
+    spec, scale, extra = resolve(study, unit, results)
+    settings = build_settings(study, unit, spec, scale, extra, cache)
+    device = study.assets.get("device")
+    start = time.perf_counter()
+    record = {"unit": unit.id, **unit.params, "scale": scale, **extra, "settings": dataclasses.asdict(settings),
+              **environment(study), "failed": False}
+    try:
+        samples = sample(settings, out=cache / "samples" / unit.id, resume=True, device=device, progress=False)
+    except (RuntimeError, FloatingPointError, ValueError) as error:  # a diverged run is a failure of the method
+        record.update(failed=True, error=f"{type(error).__name__}: {error}"[:500])
+        samples = None
+    sampling_s = time.perf_counter() - start
+    record.update(sampling_seconds=sampling_s, seconds_per_1k_samples=1000 * sampling_s / unit.params["num_samples"])
+    if samples is not None:
+        images, labels = samples.images, samples.labels
+        record["nonfinite_zeroed"] = int(samples.nonfinite_zeroed)
+        record["diverged_share"] = samples.nonfinite_zeroed / len(images)
+        reference = Reference.load(cache / "reference.npz")
+        extractor = InceptionFeatures(study.assets["inception"], device=device)
+        reference.check_network(extractor.identity)
+        features = extractor(images)
+        record["metrics"] = evaluate_features(features, reference, seed=unit.params["seed"])
+        record["judge_consistency"] = _judge_accuracy(study.assets["judge"], images, labels, device)
+        guide = spec.get("guide")
+        if guide is not None and not guide.startswith("clf_") and study.assets["guides"][guide][0] == "x0":
+            record["guide_accuracy"] = _judge_accuracy(study.assets["guides"][guide][1], images, labels, device)
+    record["seconds"] = time.perf_counter() - start
+    atomic_write_text(result_path(results_dir, unit), json.dumps(record, indent=2, default=str) + "\n")
+    return record
+
+
+def run_reference(study: Study, cache: Path) -> None:
+    from ...data import load_dataset
+    from ...metrics import InceptionFeatures, compute_reference
+
+    data = study.assets["data"]
+    dataset = load_dataset(data, "train") if isinstance(data, (str, Path)) else data
+    extractor = InceptionFeatures(study.assets["inception"], device=study.assets.get("device"))
+    reference = compute_reference(dataset.images, extractor, source=str(getattr(dataset, "source", data)),
+                                  num_features=min(study.assets.get("num_features", 10_000), len(dataset.images)),
+                                  resume_file=cache / "reference_features.partial.npz")
+    reference.save(cache / "reference.npz")
+
+
+def run_training(study: Study, unit: Unit, cache: Path, time_limit_s: float) -> bool:
+    """One command's share of a training unit (the trainer resumes from its checkpoint); True when finished."""
+    from ...train import ClassifierTrainConfig, TrainConfig, train, train_classifier
+
+    a, p, out = study.assets, unit.params, cache / "train" / unit.id
+    data = a["data"]
+    dataset = None if isinstance(data, (str, Path)) else data
+    source = str(data) if dataset is None else "in-memory"
+    if unit.kind == "train":
+        base = json.loads(json.dumps(a["train_config"]))
+        base["loss"] = {**base.get("loss", {}), **p["loss"]}
+        base.update(steps=p["steps"], seed=p["seed"], data={**base["data"], "source": source, "split": "train"},
+                    init_from=str(cache / "train" / p["init_from"] / "model") if p.get("init_from") else None)
+        base["optim"]["batch_size"] = a.get("train_batch") or p["batch_size"]
+        summary = train(TrainConfig.from_dict(base), out, dataset=dataset, device=a.get("device"), progress=False,
+                        time_limit_s=time_limit_s)
+    else:
+        config = {"data": {"source": source, "split": "train"}, "steps": p["steps"], "seed": p["seed"],
+                  "ece_weight": p["ece_weight"], "eval_timesteps": p["eval_timesteps"]}
+        if a.get("classifier_net"):
+            config["net"] = a["classifier_net"]
+        config = ClassifierTrainConfig.from_dict(config)
+        config.optim.batch_size = a.get("train_batch") or p["batch_size"]
+        summary = train_classifier(config, out, dataset=dataset, eval_dataset=a.get("eval_dataset"),
+                                   device=a.get("device"), progress=False, time_limit_s=time_limit_s)
+    if summary["stopped_early"]:
+        return False
+    atomic_write_text(out / "done.json", json.dumps({"steps": summary["steps"], "unit": unit.id}) + "\n")
+    return True
+
+
+def status(study: Study, cache_dir, results_dir) -> dict:
+    """{'done': [...], 'ready': [...], 'waiting': [...]} unit ids (waiting: needs seed-0 grid results first)."""
+    cache, results = Path(cache_dir).expanduser() / study.name, load_results(results_dir)
+    out = {"done": [], "ready": [], "waiting": []}
+    for unit in study.units:
+        if is_done(study, unit, cache, results):
+            out["done"].append(unit.id)
+        elif unit.kind == "sample" and resolve(study, unit, results) is None:
+            out["waiting"].append(unit.id)
+        else:
+            out["ready"].append(unit.id)
+    return out
+
+
+def describe(study: Study, cache_dir, results_dir) -> str:
+    state = status(study, cache_dir, results_dir)
+    left = [study.unit(u) for u in state["ready"] + state["waiting"]]
+    lines = [f"{study.name}: {len(state['done'])} of {len(study.units)} units done; left {len(left)} "
+             f"(~{sum(u.est_s for u in left) / 60:.0f} H200 min estimated)"]
+    lines += [f"  {'ready  ' if u.id in state['ready'] else 'waiting'} {u.id}  (~{u.est_s / 60:.1f} min)"
+              for u in left]
+    return "\n".join(lines)
+
+
+def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: float = 540.0) -> dict:
+    """Run the first unfinished units in plan order while the budget lasts (a unit starts only if its estimate fits,
+    or if it is a resumable training); returns {'ran': [...], 'finished': [...], 'left': n}. Prints what is left."""
+    cache = Path(cache_dir).expanduser() / study.name
+    results_dir = Path(results_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + budget_s
+    ran, finished = [], []
+    for unit in study.units:
+        results = load_results(results_dir)
+        if is_done(study, unit, cache, results) or any(not is_done(study, study.unit(n), cache, results)
+                                                       for n in unit.needs):
+            continue
+        if unit.kind == "sample" and resolve(study, unit, results) is None:
+            continue
+        remaining = deadline - time.monotonic()
+        estimate = 0.0 if study.tiny else unit.est_s
+        if remaining <= 0 or (unit.kind in ("sample", "reference") and estimate > remaining):
+            break
+        ran.append(unit.id)
+        if unit.kind == "sample":
+            run_sample(study, unit, cache, results_dir, results)
+        elif unit.kind == "reference":
+            run_reference(study, cache)
+        elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
+            break
+        finished.append(unit.id)
+    print(describe(study, cache_dir, results_dir))
+    left = sum(not is_done(study, u, cache, load_results(results_dir)) for u in study.units)
+    return {"ran": ran, "finished": finished, "left": left}
