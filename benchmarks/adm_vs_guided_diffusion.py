@@ -64,14 +64,14 @@ def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, 
     from guided_diffusion.script_util import create_classifier, create_gaussian_diffusion, create_model
 
     torch.manual_seed(0)
-    model_args = {k: v for k, v in ADM128.items()}
-    model = create_model(**model_args).to(device)
+    model = create_model(**ADM128).to(device)
     classifier = create_classifier(**CLASSIFIER128).to(device)
     states = {k: v.detach().clone() for k, v in model.state_dict().items()}, \
         {k: v.detach().clone() for k, v in classifier.state_dict().items()}
     model.convert_to_fp16()
     classifier.convert_to_fp16()
-    model.eval(), classifier.eval()
+    model.eval()
+    classifier.eval()
     diffusion = create_gaussian_diffusion(steps=1000, learn_sigma=True, noise_schedule="linear",
                                           timestep_respacing="250")
     y = torch.randint(0, 1000, (batch,), device=device)
@@ -100,7 +100,6 @@ def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, 
         rows.append(dict(code="guided-diffusion fp16", batch=batch, guidance="ADM-G" if guided else "none",
                          ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250), warmup_s=warm))
         print(rows[-1], flush=True)
-    del model, classifier
     return rows, states
 
 
