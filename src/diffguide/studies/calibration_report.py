@@ -4,8 +4,8 @@ observations and its markdown report."""
 from __future__ import annotations
 
 from .metrics import per_seed
-from .report import (COLUMN_DEFINITIONS, TABLE_HEADER, claim_record, claims_markdown, environment_markdown, fmt,
-                     kernel_comparison_markdown, protocol_markdown, table_row)
+from .report import (COLUMN_DEFINITIONS, TABLE_HEADER, claim_record, claims_sections_markdown, environment_markdown, fmt,
+                     protocol_markdown, table_row)
 from .verdict import AGREES, claim_verdict, compare
 
 __all__ = ["CONTROL", "evaluate_claims", "observations", "markdown"]
@@ -115,15 +115,7 @@ def markdown(data: dict, settings, other: dict | None = None) -> str:
         "conditional score: even the exact p(y|x_t) at s = 1 stops short of exact conditional sampling.",
         f"- **exact-vs-exact distance floor**: {data['exact_floor']['mean']:.4f} ± {data['exact_floor']['std']:.4f}.",
         "",
-        "## Claims",
-        "",
-        *claims_markdown(data["claims"]),
-        "",
-        *kernel_comparison_markdown(data["claims"], data["environment"], other),
-        "## Observations",
-        "",
-        *[f"- {note}" for note in observations(data, settings)],
-        "",
+        *claims_sections_markdown(data["claims"], data["environment"], other, observations(data, settings)),
         "## Calibration (test data, pooled over t)",
         "",
         "| classifier | accuracy | NLL | ECE | smECE | ECE (t ≥ 500) | confidence − accuracy (t ≥ 500) |",

@@ -7,8 +7,8 @@ from pathlib import Path
 from .guidance_claims import observations
 from .guidance_grid import Grid, Method, default_methods
 from .plots import plot_gradients, plot_onehot, plot_samples, plot_tradeoff
-from .report import (COLUMN_DEFINITIONS, TABLE_HEADER, claims_markdown, environment_markdown,
-                     kernel_comparison_markdown, protocol_markdown, table_row)
+from .report import (COLUMN_DEFINITIONS, TABLE_HEADER, claims_sections_markdown, environment_markdown,
+                     protocol_markdown, table_row)
 from .sweep import VANISHED
 
 __all__ = ["PAPER", "markdown", "write_figures", "onehot_markdown"]
@@ -86,15 +86,7 @@ def markdown(data: dict, grid: Grid, methods: list[Method], other: dict | None =
         f"- **exact-vs-exact distance floor** at this sample size: {data['exact_floor']['mean']:.3f} ± "
         f"{data['exact_floor']['std']:.3f}.",
         "",
-        "## Claims",
-        "",
-        *claims_markdown(data["claims"]),
-        "",
-        *kernel_comparison_markdown(data["claims"], data["environment"], other),
-        "## Observations",
-        "",
-        *[f"- {note}" for note in observations(data, grid)],
-        "",
+        *claims_sections_markdown(data["claims"], data["environment"], other, observations(data, grid)),
         "## Proposition 3 at the objective level",
         "",
         f"‖∇_f term‖₂ (autograd, float64) at logits f = (Δ, 0, 0, 0), label y = 0, K = 4. Regularizer terms are "

@@ -128,6 +128,12 @@ def claims_markdown(claims: list[dict]) -> list[str]:
     return lines
 
 
+def claims_sections_markdown(claims: list[dict], env: dict, other: dict | None, notes: list[str]) -> list[str]:
+    """The sections every testbed report shares: claims table, verdicts across kernel sets, observations."""
+    return ["## Claims", "", *claims_markdown(claims), "", *kernel_comparison_markdown(claims, env, other),
+            "## Observations", "", *[f"- {note}" for note in notes], ""]
+
+
 def kernel_comparison_markdown(claims: list[dict], env: dict, other: dict | None) -> list[str]:
     """Each claim's verdict and counts here and in another run of the same study on another kernel set."""
     if other is None:
