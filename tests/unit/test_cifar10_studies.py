@@ -113,6 +113,20 @@ def test_second_run_skips_and_partial_unit_resumes(tiny_run):
     assert third["ran"] == ["aligned_w1", victim.id] and third["left"] == 0
 
 
+def test_only_runs_the_matching_units_in_plan_order(tiny_run):
+    study, root, _ = tiny_run
+    folder = root / "results"
+    curve = [u for u in study.units if u.kind == "sample" and u.id.startswith("wcurve__standard__")]
+    steps = next(u for u in study.units if u.kind == "sample" and u.params["group"] == "steps")
+    for unit in (*curve[:2], steps):
+        (folder / f"{unit.id}.json").unlink()
+    os.remove(root / "cache" / study.name / "train" / "aligned_w2" / "done.json")
+    picked = run_next(study, root / "cache", folder, budget_s=600, only=["reference", "wcurve__standard__*"])
+    assert picked["ran"] == [u.id for u in curve[:2]] and picked["left"] == 2  # aligned_w2 and steps wait
+    rest = run_next(study, root / "cache", folder, budget_s=600)
+    assert rest["ran"] == ["aligned_w2", steps.id] and rest["left"] == 0
+
+
 def test_report_lists_missing_runs(tiny_run, tmp_path):
     study, root, _ = tiny_run
     empty = aligned_report(study, tmp_path / "cache", tmp_path / "results", tmp_path / "empty.md").read_text()

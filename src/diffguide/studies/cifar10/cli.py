@@ -10,7 +10,7 @@ import click
 from . import aligned_study, guidance_study
 from .assets import real_assets, tiny_assets
 from .report import aligned_report, guidance_report
-from .runner import DEFAULT_CACHE, describe, run_next
+from .runner import DEFAULT_CACHE, describe, run_next, selected
 
 STUDIES = {"cifar10_guidance": (guidance_study, guidance_report),
            "cifar10_cfg_aligned": (aligned_study, aligned_report)}
@@ -33,12 +33,15 @@ def make_command(name: str) -> click.Command:
                   help=f"metrics JSON folder [default: docs/results/{name}; --tiny: a temporary folder]")
     @click.option("--budget-s", type=click.FloatRange(min=1), default=540.0, show_default=True,
                   help="wall-clock budget of this command: units start only while their estimate fits")
+    @click.option("--only", default=None, metavar="PATTERNS",
+                  help="comma-separated shell patterns of unit ids (see --list) to run, e.g. "
+                       "'reference,standard,wcurve__standard__*'; the plan order still holds")
     @click.option("--tiny", is_flag=True, help="the whole pipeline on tiny random stand-ins on the CPU (a check)")
     @click.option("--report-only", is_flag=True, help="regenerate the report from the JSONs; run nothing")
     @click.option("--list", "list_only", is_flag=True, help="print the plan and its status; run nothing")
     @click.option("--report", type=click.Path(dir_okay=False), default=None,
                   help=f"report path [default: docs/results/{name}.md; --tiny: beside the results]")
-    def command(shared, model, data, inception, classifiers, cache, results, budget_s, tiny, report_only,
+    def command(shared, model, data, inception, classifiers, cache, results, budget_s, only, tiny, report_only,
                 list_only, report):
         if tiny and results and Path(results).resolve().is_relative_to((REPO / "docs" / "results").resolve()):
             raise click.BadParameter("--tiny never writes into docs/results", param_hint="--results")
@@ -51,13 +54,16 @@ def make_command(name: str) -> click.Command:
             results = results or str(REPO / "docs" / "results" / name)
             assets = {} if (report_only or list_only) else _real(shared, model, data, inception, classifiers)
         study = build(assets, tiny=tiny)
+        patterns = [p.strip() for p in only.split(",") if p.strip()] if only else None
+        if patterns and not any(selected(u, patterns) for u in study.units):
+            raise click.BadParameter(f"no unit id matches {only!r} (see --list)", param_hint="--only")
         report = report or (str(Path(results).parent / f"{name}.md") if tiny
                             else str(REPO / "docs" / "results" / f"{name}.md"))
         if list_only:
             click.echo(describe(study, cache, results))
             return
         if not report_only:
-            run_next(study, cache, results, budget_s)
+            run_next(study, cache, results, budget_s, only=patterns)
         click.echo(f"report: {write_report(study, cache, results, report)}")
 
     return command

@@ -9,6 +9,7 @@ the seed-0 grid JSONs only (:func:`chosen_scale`).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import platform
@@ -259,9 +260,15 @@ def describe(study: Study, cache_dir, results_dir) -> str:
     return "\n".join(lines)
 
 
-def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: float = 540.0) -> dict:
+def selected(unit: Unit, only) -> bool:
+    """Whether ``unit`` matches one of the shell patterns in ``only`` (None or empty: every unit)."""
+    return not only or any(fnmatch.fnmatchcase(unit.id, pattern) for pattern in only)
+
+
+def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: float = 540.0, only=None) -> dict:
     """Run the first unfinished units in plan order while the budget lasts (a unit starts only if its estimate fits,
-    or if it is a resumable training); returns {'ran': [...], 'finished': [...], 'left': n}. Prints what is left."""
+    or if it is a resumable training); ``only``: shell patterns of unit ids to consider (None: all). Returns
+    {'ran': [...], 'finished': [...], 'left': n}. Prints what is left."""
     cache = Path(cache_dir).expanduser() / study.name
     results_dir = Path(results_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -269,6 +276,8 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
     deadline = time.monotonic() + budget_s
     ran, finished = [], []
     for unit in study.units:
+        if not selected(unit, only):
+            continue
         results = load_results(results_dir)
         if is_done(study, unit, cache, results) or any(not is_done(study, study.unit(n), cache, results)
                                                        for n in unit.needs):
