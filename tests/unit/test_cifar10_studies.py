@@ -9,7 +9,7 @@ import pytest
 from diffguide.studies.cifar10 import aligned_plan, aligned_study, guidance_plan, guidance_study, run_next
 from diffguide.studies.cifar10.assets import tiny_assets
 from diffguide.studies.cifar10.report import aligned_report
-from diffguide.studies.cifar10.runner import chosen_scale, load_results
+from diffguide.studies.cifar10.runner import chosen_scale, load_results, run_training
 
 
 def _samples(units, group):
@@ -135,3 +135,25 @@ def test_report_lists_missing_runs(tiny_run, tmp_path):
     full = aligned_report(study, root / "cache", root / "results", tmp_path / "full.md").read_text()
     assert "Nothing: every unit of the plan is done." in full and "TINY CPU CHECK" in full
     json.loads(next((root / "results").glob("*.json")).read_text())  # valid JSON, atomically written
+
+
+def test_a_resumed_training_gets_its_commands_budget_on_top_of_what_it_trained(tiny_run, tmp_path):
+    """The trainer's time limit counts a run's whole training, resumes included: a command resuming a run that has
+    trained 1e6 s already must still train (the bug this guards: it stopped after one step)."""
+    import dataclasses
+
+    import torch
+
+    study, _, _ = tiny_run
+    unit = dataclasses.replace(study.unit("standard"), params={**study.unit("standard").params, "steps": 5})
+    cache, out = tmp_path, tmp_path / "train" / "standard"
+    assert run_training(study, unit, cache, time_limit_s=1e-9) is False  # stops after its first step
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 1
+    state["train_seconds"] = 1e6  # as if it had trained for 1e6 s
+    torch.save(state, out / "checkpoint.pt")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records[-1]["train_seconds"] = 1e6
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert run_training(study, unit, cache, time_limit_s=600) is True
+    assert json.loads((out / "summary.json").read_text())["steps"] == 5

@@ -205,11 +205,21 @@ def run_reference(study: Study, cache: Path) -> None:
     reference.save(cache / "reference.npz")
 
 
+def trained_seconds(out: Path) -> float:
+    """Training seconds a run in ``out`` has logged so far (its log's last ``train_seconds``; 0 if none). The trainer's
+    time limit counts all of a run's training, resumes included; a command that resumes gives it this much on top."""
+    log = Path(out) / "log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return float(json.loads(lines[-1]).get("train_seconds", 0.0)) if lines else 0.0
+
+
 def run_training(study: Study, unit: Unit, cache: Path, time_limit_s: float) -> bool:
-    """One command's share of a training unit (the trainer resumes from its checkpoint); True when finished."""
+    """One command's share (``time_limit_s`` more seconds) of a training unit (the trainer resumes from its
+    checkpoint); True when finished."""
     from ...train import ClassifierTrainConfig, TrainConfig, train, train_classifier
 
     a, p, out = study.assets, unit.params, cache / "train" / unit.id
+    time_limit_s = trained_seconds(out) + time_limit_s
     data = a["data"]
     dataset = None if isinstance(data, (str, Path)) else data
     source = str(data) if dataset is None else "in-memory"
