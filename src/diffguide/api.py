@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .accel import fast_module, use_fast_path
+from .accel import file_identity, reused_fast_module, use_fast_path
 from .adapter import Denoiser
 from .checkpoints import NetworkConfig, load_adm_checkpoint, load_network
 from .diffusers_adapter.model import is_diffusers_folder
@@ -179,11 +179,15 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
         raise TypeError("sample: pass a SampleSettings or its fields as keyword arguments (one of the two)")
     s = settings or SampleSettings(**fields)
     dev = default_device(device)
-    net, config = load_diffusion(s.model, s.preset, device=dev)
+    if use_fast_path(fast, dev):  # compiled once per process and model (its graphs are reused by later calls)
+        net, config = reused_fast_module((file_identity(s.model), s.preset, str(dev)),
+                                         lambda: load_diffusion(s.model, s.preset, device=dev))
+    else:
+        net, config = load_diffusion(s.model, s.preset, device=dev)
     guidance = _guidance(s, dev)
     if guidance.cfg is not None:
         _check_cfg_capable(net, config)
-    denoiser: Denoiser = config.denoiser(fast_module(net, fast=use_fast_path(fast, dev)), s.steps, clip_x0=s.clip_x0)
+    denoiser: Denoiser = config.denoiser(net, s.steps, clip_x0=s.clip_x0)
     kwargs = config.kwargs
     num_classes = kwargs.get("num_classes")
     if num_classes is None and guidance.classifier is not None:

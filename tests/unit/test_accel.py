@@ -80,3 +80,33 @@ def test_cudnn_autotune_restores_the_setting():
     with cudnn_autotune():
         assert torch.backends.cudnn.benchmark
     assert torch.backends.cudnn.benchmark == before
+
+
+def test_a_second_sample_of_the_same_model_reuses_the_compiled_network(tmp_path, monkeypatch):
+    """api.sample on the fast path compiles a model once per process: the second run of the same weights gets the
+    same compiled module (so its graphs, no recompilation); changed weights on disk are loaded and compiled anew.
+    torch.compile is replaced by a recorder here: what is tested is the reuse, not the compiler."""
+    import diffguide.accel as accel
+    from diffguide.api import sample
+    from diffguide.checkpoints import save_network
+
+    compiled = []
+
+    def record(module, **kwargs):
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", record)
+    monkeypatch.setattr(accel, "_reused", type(accel._reused)())
+    torch.manual_seed(0)
+    net = UNetModel(**TINY).eval()
+    save_network(net, tmp_path / "model", schedule="linear", learn_sigma=True)
+    settings = dict(model=str(tmp_path / "model"), num_samples=2, batch_size=2, sampler="ddim", steps="ddim2",
+                    labels="balanced", progress=False, fast=True, device="cpu")
+    first, second = sample(**settings), sample(**settings)
+    assert len(compiled) == 1 and (first.images == second.images).all()
+    state = {k: v + 0.01 for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    save_network(net, tmp_path / "model", schedule="linear", learn_sigma=True, overwrite=True)  # new weights
+    third = sample(**settings)
+    assert len(compiled) == 2 and compiled[1] is not compiled[0] and not (third.images == first.images).all()
