@@ -9,9 +9,7 @@ Two kinds of classifier:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint
-from ..io import atomic_write, check_same_settings
+from ..config import Config, check_choice, check_integer, check_number
+from ..io import atomic_write
 from ..schedule import NoiseSchedule
 from .evaluate import check_batch, default_timesteps, evaluate_calibration
 from .loss import LOSS_FORMS, calibration_loss
@@ -41,7 +40,7 @@ BEFORE = "calibration_before.json"
 
 
 @dataclass
-class CalibrationConfig:
+class CalibrationConfig(Config):
     """Everything that defines a calibration fine-tune; saved as JSON beside the weights and inside checkpoints.
 
     Only ``steps`` and ``checkpoint_every`` may change when a run is resumed (e.g. to extend it).
@@ -78,50 +77,24 @@ class CalibrationConfig:
     seed: int = 0
     """seeds the timestep/noise draws of noise-aware training and of the ECE_t evaluation."""
 
-    _RESUMABLE = ("steps", "checkpoint_every")
+    RESUMABLE = ("steps", "checkpoint_every")
 
     def __post_init__(self):
-        def positive_int(name, minimum=1):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}: expected an integer ≥ {minimum}, got {value!r}")
-
-        def number(name, positive):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-                    value < 0 or (positive and value == 0):
-                raise ValueError(f"{name}: expected a finite number {'> 0' if positive else '≥ 0'}, got {value!r}")
-
-        positive_int("steps", 0)
-        positive_int("num_bins")
-        positive_int("checkpoint_every")
-        positive_int("num_train_timesteps")
-        positive_int("seed", 0)
-        number("lr", True)
-        number("beta", True)
-        number("weight_decay", False)
-        number("ece_weight", False)
-        if self.ece_form not in LOSS_FORMS:
-            raise ValueError(f"ece_form: expected one of {LOSS_FORMS}, got {self.ece_form!r}")
-        if self.schedule not in ("linear", "cosine"):
-            raise ValueError(f"schedule: expected 'linear' or 'cosine', got {self.schedule!r}")
+        for name, minimum in (("steps", 0), ("num_bins", 1), ("checkpoint_every", 1), ("num_train_timesteps", 1),
+                              ("seed", 0)):
+            check_integer(name, getattr(self, name), minimum)
+        for name in ("lr", "beta"):
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        for name in ("weight_decay", "ece_weight"):
+            check_number(name, getattr(self, name), low=0)
+        check_choice("ece_form", self.ece_form, LOSS_FORMS)
+        check_choice("schedule", self.schedule, ("linear", "cosine"))
         if self.eval_timesteps is not None:
             self.eval_timesteps = [int(t) for t in self.eval_timesteps]
             bad = [t for t in self.eval_timesteps if not 0 <= t < self.num_train_timesteps]
             if bad or not self.eval_timesteps:
                 raise ValueError(f"eval_timesteps: expected a non-empty list of timesteps in "
                                  f"[0, {self.num_train_timesteps - 1}], got {self.eval_timesteps!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CalibrationConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"calibration config: unknown fields {unknown}")
-        return cls(**data)
 
     def noise_schedule(self) -> NoiseSchedule | None:
         return NoiseSchedule.create(self.schedule, num_train_timesteps=self.num_train_timesteps) \
@@ -190,12 +163,6 @@ def _write_json(path: Path, data) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
 
 
-def _check_resumable(saved: dict, config: CalibrationConfig, path: Path) -> None:
-    """The one settings check (:func:`diffguide.io.check_same_settings`): only steps and checkpoint_every may change."""
-    check_same_settings(saved, config.to_dict(), where=str(path), ignore=CalibrationConfig._RESUMABLE,
-                        hint="only steps and checkpoint_every may change on resume; use another out_dir")
-
-
 def _check_train_mode(classifier: nn.Module, mode: bool) -> None:
     """A ValueError when ``classifier.train(mode)`` does not take (e.g. a frozen ImageClassifier stays in eval mode)."""
     was_training = classifier.training
@@ -261,7 +228,8 @@ def finetune_calibration(classifier: nn.Module, train_batches: Iterable[tuple[Te
         if missing or not (out / BEFORE).is_file():
             raise ValueError(f"{checkpoint_path}: not a calibration checkpoint of diffguide calibrate "
                              f"(missing {missing or [BEFORE]}); use another out_dir")
-        _check_resumable(json.loads(state["config"]), config, checkpoint_path)
+        config.check_resumable(json.loads(state["config"]), where=str(checkpoint_path),
+                               hint="only steps and checkpoint_every may change on resume; use another out_dir")
         classifier.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])

@@ -62,7 +62,7 @@ def check_calibrate_folder(out: Path, record: dict) -> None:
         raise click.ClickException(f"--out: {source} is not readable JSON ({err}); choose another --out") from None
     try:
         check_same_settings(saved, record, where=f"the calibrate run in {out}",
-                            ignore=CalibrationConfig._RESUMABLE + ("train_images", "eval_images"),
+                            ignore=CalibrationConfig.RESUMABLE + ("train_images", "eval_images"),
                             hint="only --steps and --checkpoint-every may change; use another --out")
     except ValueError as err:
         raise click.ClickException(f"--out: {err}") from None

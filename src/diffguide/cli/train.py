@@ -4,11 +4,12 @@ the CFG-aligned loss; resumable, data-parallel under torchrun."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import click
+
+from ._common import finite
 
 __all__ = ["command", "run_options", "apply_options", "check_run_folder", "load_json_option", "read_json_file"]
 
@@ -74,10 +75,7 @@ def load_json_option(ctx, param, value):
     return data
 
 
-def _finite(ctx, param, value):
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
-    return value
+_finite = finite
 
 
 def check_run_folder(out_dir, device) -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..config import check_number
 from .schedules import Constant, as_weights
 from .step import GuidanceStep
 
@@ -35,8 +35,7 @@ class ClassifierFree:
             raise ValueError("ClassifierFree: give exactly one of w (ε̃ = (1+w)ε_c − wε_∅) or guidance_scale (s = 1 + w)")
         value = self.w if self.w is not None else self.guidance_scale
         name = "w" if self.w is not None else "guidance_scale"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"ClassifierFree.{name}: expected a finite number, got {value!r}")
+        check_number(f"ClassifierFree.{name}", value)
         if self.null_label is not None and (isinstance(self.null_label, bool) or not isinstance(self.null_label, int)):
             raise ValueError(f"ClassifierFree.null_label: expected an integer label or None, got {self.null_label!r}")
         if not callable(self.schedule):

@@ -32,7 +32,7 @@ from ..accel import fast_module, fused_adamw, use_fast_path
 from ..checkpoints import save_network
 from ..io import atomic_write, atomic_write_text
 from .batches import ImageBatches
-from .config import OptimConfig, config_differences
+from .config import OptimConfig
 from .objectives import Objective
 from .outputs import plot_loss_curve
 
@@ -98,11 +98,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 def _check_resume(state: dict, config, kind: str, path: Path) -> None:
     if state.get("kind") != kind:
         raise ValueError(f"{path}: a {state.get('kind')} checkpoint cannot resume a {kind} run")
-    changed = config_differences(json.loads(state["config"]), config)
-    if changed:
-        listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changed.items()))
-        raise ValueError(f"{path} was written by a run with a different configuration ({listing}); only "
-                         f"{', '.join(type(config).RESUMABLE)} may change on resume — use another output folder")
+    config.check_resumable(json.loads(state["config"]), where=str(path))
 
 
 def _rng_state(device: torch.device) -> dict:
