@@ -178,10 +178,10 @@ def _mismatch_message(what: str, diff: StateDictDiff, fitting: list[str]) -> str
 
 
 def load_state_dict_checked(net: nn.Module, state_dict: Mapping[str, Tensor], *, what: str = "checkpoint") -> nn.Module:
-    """Load ``state_dict`` (``module.`` prefixes stripped) into ``net`` after checking keys and shapes; raise
+    """Load ``state_dict`` (its keys as they are) into ``net`` after checking keys and shapes; raise
     :class:`StateDictMismatchError` on any difference. A network built on the meta device takes the tensors
     themselves (cast to its dtypes), so a large checkpoint is never held twice. Returns ``net``."""
-    state_dict = strip_prefix(state_dict)
+    state_dict = dict(state_dict)
     expected = net.state_dict()
     diff = state_dict_diff({k: tuple(v.shape) for k, v in expected.items()}, state_dict)
     if diff:
@@ -227,7 +227,10 @@ def save_safetensors(tensors: Mapping[str, Tensor], path: str | os.PathLike, *, 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """A state dict from a ``.safetensors`` file or a PyTorch file read with ``torch.load(weights_only=True)``:
-    a plain state dict (ADM) or a dict holding one under ``state_dict`` (CIFAR ResNets); ``module.`` stripped."""
+    a plain state dict (ADM) or a dict holding one under ``state_dict`` (CIFAR ResNets). A ``module.`` prefix on every
+    key is removed: it is how ``nn.DataParallel`` checkpoints (the CIFAR ResNet ``.th`` files) and the
+    ``classifier.safetensors`` of ``diffguide calibrate`` before config format 2 (saved from the
+    :class:`~diffguide.classifiers.ImageClassifier` wrapper) name the weights of the network itself."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")

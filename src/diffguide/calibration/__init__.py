@@ -10,14 +10,14 @@ loss, and the CE + λ·Smooth-ECE fine-tuning routine.
 
 from .evaluate import (calibration_summary, collect_logits, collect_noised_logits, default_timesteps,
                        ece_over_timesteps, evaluate_calibration)
-from .finetune import CalibrationConfig, SeededBatches, calibration_objective, finetune_calibration, write_report
+from .finetune import CalibrationConfig, EpochBatches, calibration_objective, finetune_calibration, write_report
 from .loss import (calibration_loss, pseudo_huber_bin_loss, pseudo_huber_sample_loss, smooth_ece_loss,
                    top_label_confidence)
 from .metrics import ReliabilityBins, binned_ece, reliability_bins, smooth_ece, smooth_ece_at, top_label
 from .plots import plot_ece_over_timesteps, plot_reliability_diagram
 
 __all__ = [
-    "CalibrationConfig", "ReliabilityBins", "SeededBatches", "binned_ece", "calibration_loss", "calibration_objective",
+    "CalibrationConfig", "ReliabilityBins", "EpochBatches", "binned_ece", "calibration_loss", "calibration_objective",
     "calibration_summary", "collect_logits", "collect_noised_logits", "default_timesteps", "ece_over_timesteps",
     "evaluate_calibration", "finetune_calibration", "plot_ece_over_timesteps", "plot_reliability_diagram",
     "pseudo_huber_bin_loss", "pseudo_huber_sample_loss", "reliability_bins", "smooth_ece", "smooth_ece_at",

@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 from ..checkpoints import read_checkpoint
 from ..config import Config, check_choice, check_integer, check_number
 from ..io import atomic_write
-from ..schedule import NoiseSchedule
+from ..noise import epoch_shuffle_seed
+from ..schedule import NoiseSchedule, noised_batch
 from .evaluate import check_batch, default_timesteps, evaluate_calibration
 from .loss import LOSS_FORMS, calibration_loss
 from .metrics import ReliabilityBins
 from .plots import plot_ece_over_timesteps, plot_reliability_diagram
 
-__all__ = ["CalibrationConfig", "SeededBatches", "finetune_calibration", "calibration_objective", "write_report"]
+__all__ = ["CalibrationConfig", "EpochBatches", "finetune_calibration", "calibration_objective", "write_report"]
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "classifier.safetensors"
@@ -106,9 +107,11 @@ class CalibrationConfig(Config):
         return self.eval_timesteps or default_timesteps(self.num_train_timesteps)
 
 
-class SeededBatches:
-    """Shuffled mini-batches (x in [−1, 1], y) of an in-memory dataset, one epoch per iteration; epoch e is shuffled
-    by a generator seeded with (seed, e), so a fresh object replays exactly the same sequence (what resuming needs).
+class EpochBatches:
+    """Shuffled mini-batches (x in [−1, 1], y) of an in-memory dataset, iterated one epoch at a time (calibration and
+    evaluation; the trainer's batches, addressed by step, are :class:`diffguide.train.batches.StepBatches`); epoch e
+    is shuffled by a generator seeded with (seed, e) (:func:`diffguide.noise.epoch_shuffle_seed`), so a fresh object
+    replays exactly the same sequence (what resuming needs).
 
     ``inputs`` [N, ...] are indexed per batch and passed through ``convert`` (e.g. ``diffguide.data.to_model_range``
     for uint8 NHWC images); ``labels`` [N] integers.
@@ -132,7 +135,7 @@ class SeededBatches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_shuffle_seed(self.seed, self.epoch)))
             order = order.numpy()
         else:
             order = np.arange(n)
@@ -163,6 +166,14 @@ def _write_json(path: Path, data) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
 
 
+def _weights_module(classifier: nn.Module) -> nn.Module:
+    """The module whose weights are saved: the network inside an :class:`~diffguide.classifiers.ImageClassifier`
+    (so the keys are the network's own, with no ``module.`` prefix of the wrapper), else ``classifier``."""
+    from ..classifiers import ImageClassifier
+
+    return classifier.module if isinstance(classifier, ImageClassifier) else classifier
+
+
 def _check_train_mode(classifier: nn.Module, mode: bool) -> None:
     """A ValueError when ``classifier.train(mode)`` does not take (e.g. a frozen ImageClassifier stays in eval mode)."""
     was_training = classifier.training
@@ -185,7 +196,7 @@ def finetune_calibration(classifier: nn.Module, train_batches: Iterable[tuple[Te
             else ``classifier(x)``. It stays on its device; batches are moved there.
         train_batches: iterable of (x float [B, ...] in [−1, 1], y int [B]); iterated afresh whenever exhausted.
             On resume the first ``step`` batches are drawn and discarded, so resuming is exact when each fresh
-            iteration sequence is the same (a list, :class:`SeededBatches`, a DataLoader rebuilt with the same seed).
+            iteration sequence is the same (a list, :class:`EpochBatches`, a DataLoader rebuilt with the same seed).
         eval_batches: re-iterable (x, y) batches for the before/after report (e.g. a test split).
         config: :class:`CalibrationConfig` (defaults: λ = 0.1, AdamW lr 1e-5, weight decay 0, β = 1e-3).
         out_dir: where checkpoints (``checkpoint.pt``: model, optimizer, step, RNG states, config JSON), the config,
@@ -263,10 +274,8 @@ def finetune_calibration(classifier: nn.Module, train_batches: Iterable[tuple[Te
             check_batch(x, y, where=f"train batch {step}")
             x, y = x.to(device, torch.float32), y.to(device).long()
             if schedule is not None:
-                index = torch.randint(0, len(schedule), (x.shape[0],), generator=generator)
-                noise = torch.randn(x.shape, generator=generator).to(device)
-                x_t = schedule.q_sample(x, index.to(device), noise)
-                logits = classifier(x_t, torch.as_tensor(schedule.timesteps)[index].to(device))
+                x_t, t, _ = noised_batch(x, schedule, generator)  # the trainer's draws: t, then ε
+                logits = classifier(x_t, t)
             else:
                 logits = classifier(x)
             total, cross_entropy, ece_loss = calibration_objective(logits, y, config)
@@ -291,7 +300,7 @@ def finetune_calibration(classifier: nn.Module, train_batches: Iterable[tuple[Te
 
     report = {"config": config.to_dict(), "steps": step, "before": before, "after": evaluate(), "history": history}
     if out is not None:
-        atomic_write(out / WEIGHTS, lambda p: save_model(classifier, str(p)))
+        atomic_write(out / WEIGHTS, lambda p: save_model(_weights_module(classifier), str(p)))
         write_report(report, out, diagrams=diagrams)
     return report
 

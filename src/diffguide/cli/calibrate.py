@@ -114,7 +114,7 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
     The classifier stays in eval mode (frozen batch-norm statistics); all its parameters are trained. The weights
     (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`, or,
     for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`."""
-    from diffguide.calibration import CalibrationConfig, SeededBatches, finetune_calibration
+    from diffguide.calibration import CalibrationConfig, EpochBatches, finetune_calibration
     from diffguide.classifiers import noise_settings
     from diffguide.data import to_model_range
     from diffguide.io import atomic_write_text, clean_stale_temporaries
@@ -145,8 +145,8 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
     train_images, train_labels = load_split(data, train_split, train_limit, model)
     eval_images, eval_labels = load_split(data, eval_split, eval_limit, model)
     try:
-        train = SeededBatches(train_images, train_labels, batch_size, seed=seed, convert=to_model_range)
-        evaluation = SeededBatches(eval_images, eval_labels, eval_batch_size, shuffle=False, convert=to_model_range)
+        train = EpochBatches(train_images, train_labels, batch_size, seed=seed, convert=to_model_range)
+        evaluation = EpochBatches(eval_images, eval_labels, eval_batch_size, shuffle=False, convert=to_model_range)
     except (ValueError, FileNotFoundError) as err:
         raise click.BadParameter(str(err), param_hint="--data") from None
     source.update(train_images=int(len(train_labels)), eval_images=int(len(eval_labels)))

@@ -11,7 +11,12 @@ from ..config import check_number
 from .schedules import Constant, as_weights
 from .step import GuidanceStep
 
-__all__ = ["ClassifierFree", "cfg_output"]
+__all__ = ["ClassifierFree", "cfg_output", "guided_eps"]
+
+
+def guided_eps(eps_cond: Tensor, eps_null: Tensor, w: float | Tensor) -> Tensor:
+    """ε̃ = (1 + w)·ε(x_t, c) − w·ε(x_t, ∅) — the one CFG formula, of the sampler and of the aligned training loss."""
+    return (1 + w) * eps_cond - w * eps_null
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class ClassifierFree:
         w = self.weight if weight is None else weight
         if isinstance(w, Tensor):
             w = w.reshape(-1, *([1] * (eps_cond.ndim - 1)))
-        return (1 + w) * eps_cond - w * eps_uncond
+        return guided_eps(eps_cond, eps_uncond, w)
 
 
 def cfg_output(denoiser, x: Tensor, i: int, labels: Tensor | None, cfg: ClassifierFree,

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,7 +30,8 @@ from tqdm.auto import tqdm
 from ..accel import fast_module, fused_adamw, use_fast_path
 from ..checkpoints import save_network
 from ..io import atomic_write, atomic_write_text
-from .batches import ImageBatches
+from ..noise import STEP_SALT, derived_seed
+from .batches import StepBatches
 from .config import OptimConfig
 from .objectives import Objective
 from .outputs import plot_loss_curve
@@ -76,9 +76,8 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of every random draw of step ``step`` on process ``rank``: seeded from (seed, rank, step)."""
-    state = np.random.SeedSequence([seed, 0x7124, rank, step]).generate_state(1, np.uint64)[0]
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(state >> np.uint64(1)))
+    generator.manual_seed(derived_seed(seed, STEP_SALT, rank, step))
     return generator
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -126,7 +125,7 @@ def _truncate_log(path: Path, step: int) -> None:
 class _Run:
     """One training run: everything but the objective and what happens at the end."""
 
-    def __init__(self, config, kind: str, model: nn.Module, objective: Objective, batches: ImageBatches,
+    def __init__(self, config, kind: str, model: nn.Module, objective: Objective, batches: StepBatches,
                  out_dir: Path, *, rank: int, world: int, device: torch.device, progress: bool,
                  time_limit_s: float | None, fast: bool | None = None):
         self.config, self.kind, self.objective, self.batches = config, kind, objective, batches
