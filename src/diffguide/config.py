@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 from .io import check_same_settings, settings_differences
 
-__all__ = ["Config", "check_number", "check_integer", "check_choice"]
+__all__ = ["Config", "check_number", "check_integer", "check_choice", "check_timesteps"]
 
 
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None, low_open: bool = False,
@@ -49,6 +49,15 @@ def check_choice(name: str, value, options: Iterable) -> Any:
     if value not in options:
         raise ValueError(f"{name}: expected one of {options}, got {value!r}")
     return value
+
+
+def check_timesteps(name: str, values, num_train_timesteps: int) -> list[int]:
+    """``values`` as a non-empty list of original timesteps in [0, T−1], else a ValueError naming ``name``."""
+    timesteps = [int(t) for t in values]
+    if not timesteps or any(not 0 <= t < num_train_timesteps for t in timesteps):
+        raise ValueError(f"{name}: expected a non-empty list of timesteps in [0, {num_train_timesteps - 1}], "
+                         f"got {values!r}")
+    return timesteps
 
 
 def _nested_type(f: dataclasses.Field) -> type | None:

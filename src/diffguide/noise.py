@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseSource", "SeededNoise", "FixedNoise", "sample_seed", "derived_seed", "derived_rng",
+__all__ = ["NoiseSource", "DrawnNoise", "SeededNoise", "FixedNoise", "sample_seed", "derived_seed", "derived_rng",
            "epoch_shuffle_seed", "STEP_SALT", "EPOCH_SALT", "LABEL_SALT"]
 
 
@@ -53,7 +53,20 @@ def sample_seed(seed: int, index: int) -> int:
     return derived_seed(seed, index)
 
 
-class SeededNoise:
+class DrawnNoise:
+    """A noise source whose x_T and each step's noise are consecutive draws of ``_next()`` (one per call, in order)."""
+
+    def _next(self) -> Tensor:
+        raise NotImplementedError
+
+    def initial(self) -> Tensor:
+        return self._next()
+
+    def step(self, i: int) -> Tensor:
+        return self._next()
+
+
+class SeededNoise(DrawnNoise):
     """Noise for samples ``indices`` of a run seeded with ``seed``.
 
     Sample k's stream is its own ``torch.Generator`` (seeded by :func:`sample_seed`) read in blocks of ``chunk``
@@ -87,12 +100,6 @@ class SeededNoise:
         out = self._buffer[:, self._used]
         self._used += 1
         return out
-
-    def initial(self) -> Tensor:
-        return self._next()
-
-    def step(self, i: int) -> Tensor:
-        return self._next()
 
 
 class FixedNoise:

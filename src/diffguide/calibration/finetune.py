@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint
-from ..config import Config, check_choice, check_integer, check_number
+from ..config import Config, check_choice, check_integer, check_number, check_timesteps
 from ..io import atomic_write
 from ..noise import epoch_shuffle_seed
 from ..schedule import NoiseSchedule, noised_batch
@@ -91,11 +91,7 @@ class CalibrationConfig(Config):
         check_choice("ece_form", self.ece_form, LOSS_FORMS)
         check_choice("schedule", self.schedule, ("linear", "cosine"))
         if self.eval_timesteps is not None:
-            self.eval_timesteps = [int(t) for t in self.eval_timesteps]
-            bad = [t for t in self.eval_timesteps if not 0 <= t < self.num_train_timesteps]
-            if bad or not self.eval_timesteps:
-                raise ValueError(f"eval_timesteps: expected a non-empty list of timesteps in "
-                                 f"[0, {self.num_train_timesteps - 1}], got {self.eval_timesteps!r}")
+            self.eval_timesteps = check_timesteps("eval_timesteps", self.eval_timesteps, self.num_train_timesteps)
 
     def noise_schedule(self) -> NoiseSchedule | None:
         return NoiseSchedule.create(self.schedule, num_train_timesteps=self.num_train_timesteps) \

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..config import Config, check_choice, check_integer, check_number
+from ..config import Config, check_choice, check_integer, check_number, check_timesteps
 
 __all__ = ["check_time_limit", "DataConfig", "NetConfig", "LossConfig", "OptimConfig", "TrainConfig", "ClassifierTrainConfig",
            "config_differences", "LOSS_KINDS", "DIFFUSION_ARCHS", "CLASSIFIER_ARCHS"]
@@ -262,11 +262,8 @@ class ClassifierTrainConfig(_RunConfig):
         if self.eval_limit is not None:
             check_integer("ClassifierTrainConfig.eval_limit", self.eval_limit)
         if self.eval_timesteps is not None:
-            self.eval_timesteps = [int(t) for t in self.eval_timesteps]
-            bad = [t for t in self.eval_timesteps if not 0 <= t < self.num_train_timesteps]
-            if bad or not self.eval_timesteps:
-                raise ValueError(f"ClassifierTrainConfig.eval_timesteps: expected timesteps in "
-                                 f"[0, {self.num_train_timesteps - 1}], got {self.eval_timesteps!r}")
+            self.eval_timesteps = check_timesteps("ClassifierTrainConfig.eval_timesteps", self.eval_timesteps,
+                                                  self.num_train_timesteps)
 
 
 def config_differences(saved: dict, current: _RunConfig) -> dict[str, tuple]:
