@@ -17,12 +17,13 @@ from torch import nn
 
 from .accel import fast_module, use_fast_path
 from .adapter import Denoiser
-from .config import Config, check_integer, check_number
 from .checkpoints import NetworkConfig, load_adm_checkpoint, load_network
+from .config import Config, check_integer, check_number
+from .devices import resolve_device
 from .diffusers_adapter.model import is_diffusers_folder
 from .guidance import ClassifierFree, ClassifierGuidance, Guidance, make_objective, make_rule, make_schedule
 from .samplers import SAMPLERS, sampler_options
-from .sampling import SampleSet, class_labels, default_device, generate
+from .sampling import SampleSet, class_labels, generate
 
 __all__ = ["SampleSettings", "sample", "load_diffusion", "load_guidance_classifier", "X0_PREPROCESS"]
 
@@ -175,7 +176,7 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     if (settings is None) == (not fields):
         raise TypeError("sample: pass a SampleSettings or its fields as keyword arguments (one of the two)")
     s = settings or SampleSettings(**fields)
-    dev = default_device(device)
+    dev = resolve_device(device)
     net, config = load_diffusion(s.model, s.preset, device=dev)
     guidance = _guidance(s, dev, config.null_label)  # the checkpoint's ∅: one batched [c, ∅] forward
     if guidance.cfg is not None:

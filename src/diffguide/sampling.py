@@ -22,7 +22,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Denoiser
-from .devices import resolve_device
 from .distributed import barrier as _barrier, distributed_context
 from .guidance.classifier import Guidance
 from .grid import save_grid
@@ -30,7 +29,7 @@ from .io import atomic_save_npz, atomic_write_text, check_same_settings, clean_s
 from .noise import LABEL_SALT, SeededNoise, derived_rng
 from .samplers import SAMPLERS
 
-__all__ = ["SampleSet", "class_labels", "default_device", "generate", "save_grid", "to_uint8_images"]
+__all__ = ["SampleSet", "class_labels", "generate", "save_grid", "to_uint8_images"]
 
 RUN_CONFIG = "run.json"
 
@@ -67,12 +66,6 @@ def class_labels(num_samples: int, num_classes: int | None, mode: str = "uniform
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] NCHW floats -> uint8 NHWC, rounding to the nearest level."""
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def default_device(device: str | None = None) -> torch.device:
-    """:func:`diffguide.devices.resolve_device`: ``device`` if given (a bare ``cuda`` means this process's GPU), else
-    ``cuda:$LOCAL_RANK`` when there is a GPU, else the CPU; a clear ValueError for a device that is not there."""
-    return resolve_device(device)
 
 
 SAMPLE_RUN_FILES = {RUN_CONFIG, "samples.npz", "grid.png", "summary.json"}

@@ -22,7 +22,7 @@ from .config import ClassifierTrainConfig, TrainConfig, check_time_limit
 from .networks import _initialise_from, build_classifier_net, build_diffusion_net
 from .objectives import classifier_objective, diffusion_objective
 from .outputs import sample_images
-from .trainer import (CHECKPOINT, CONFIG, LOG, RELEASE, _device_name, _prepare, _Run, _summary, ema_decay_at,
+from .trainer import (CHECKPOINT, CONFIG, LOG, RELEASE, _prepare, _Run, _summary, ema_decay_at,
                       ema_update, learning_rate, load_training_checkpoint, step_generator)
 
 __all__ = [
@@ -39,7 +39,7 @@ def _session(config, config_type: type, out_dir, dataset, device: str | None, ti
     if not isinstance(config, config_type):
         raise TypeError(f"config: expected a {config_type.__name__}, got {type(config).__name__}")
     check_time_limit(time_limit_s)
-    with distributed_context(_device_name(device)) as (rank, world, dev):
+    with distributed_context(device) as (rank, world, dev):
         out = _prepare(out_dir, rank, world)
         data = _training_data(config, dataset)
         torch.manual_seed(config.seed)

@@ -290,13 +290,6 @@ class _Run:
         atomic_write_text(folder / CONFIG, self.config.to_json() + "\n")
         return folder
 
-def _device_name(device: str | None) -> str | None:
-    """'cuda' without an index means this process's GPU (cuda:LOCAL_RANK), as torch.cuda.set_device needs one."""
-    if device is not None and torch.device(device).type == "cuda" and torch.device(device).index is None:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
-
-
 def _prepare(out_dir: str | os.PathLike, rank: int, world: int) -> Path:
     out = Path(out_dir)
     if rank == 0:
