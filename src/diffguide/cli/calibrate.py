@@ -47,7 +47,7 @@ def load_split(source: str, split: str | None, limit: int | None, classifier=Non
 def check_calibrate_folder(out: Path, record: dict) -> None:
     """Refuse ``out`` unless it is empty or a calibrate run of the same classifier, data and settings (only steps
     and checkpoint_every may change): the one resumable-settings check, made before anything is written."""
-    from diffguide.calibration import CalibrationConfig
+    from diffguide.train.calibrate import CalibrationConfig
     from diffguide.io import check_same_settings
 
     if not out.exists() or not any(out.iterdir()):
@@ -114,7 +114,8 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
     The classifier stays in eval mode (frozen batch-norm statistics); all its parameters are trained. The weights
     (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`, or,
     for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`."""
-    from diffguide.calibration import CalibrationConfig, EpochBatches, finetune_calibration
+    from diffguide.calibration import EpochBatches
+    from diffguide.train.calibrate import CalibrationConfig, finetune_calibration
     from diffguide.classifiers import noise_settings
     from diffguide.data import to_model_range
     from diffguide.io import atomic_write_text, clean_stale_temporaries

@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffguide.calibration import (CalibrationConfig, EpochBatches, evaluate_calibration, finetune_calibration,
-                                   plot_reliability_diagram)
+from diffguide.calibration import EpochBatches, evaluate_calibration, plot_reliability_diagram
 from diffguide.calibration.metrics import ReliabilityBins
 from diffguide.guidance import ClassifierGuidance, Constant, Guidance, make_objective
 from diffguide.nets.adm import timestep_embedding
+from diffguide.train.calibrate import CalibrationConfig, finetune_calibration
 from diffguide.toy import ExactEps, ExactNoisyClassifier, GaussianMixture, exact_distance_spread, study_mixture
 
 from .calibration_report import evaluate_claims, markdown

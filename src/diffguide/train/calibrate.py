@@ -13,27 +13,26 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import numpy as np
 import torch
 from safetensors.torch import save_model
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..checkpoints import read_checkpoint
+from ..calibration.evaluate import check_batch, default_timesteps, evaluate_calibration
+from ..calibration.loss import LOSS_FORMS, calibration_loss
+from ..calibration.metrics import ReliabilityBins
+from ..calibration.plots import plot_ece_over_timesteps, plot_reliability_diagram
 from ..config import Config, check_choice, check_integer, check_number, check_timesteps
 from ..io import atomic_write
-from ..noise import epoch_shuffle_seed
 from ..schedule import NoiseSchedule, noised_batch
-from .evaluate import check_batch, default_timesteps, evaluate_calibration
-from .loss import LOSS_FORMS, calibration_loss
-from .metrics import ReliabilityBins
-from .plots import plot_ece_over_timesteps, plot_reliability_diagram
+from .config import OptimConfig
+from .objectives import Objective
+from .trainer import CHECKPOINT, LOG, StreamDraws, _Run
 
-__all__ = ["CalibrationConfig", "EpochBatches", "finetune_calibration", "calibration_objective", "write_report"]
+__all__ = ["CalibrationConfig", "finetune_calibration", "calibration_objective", "calibration_step_objective",
+           "IterableBatches", "write_report"]
 
-CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "classifier.safetensors"
 CONFIG = "calibration_config.json"
 REPORT = "calibration_report.json"
@@ -93,6 +92,18 @@ class CalibrationConfig(Config):
         if self.eval_timesteps is not None:
             self.eval_timesteps = check_timesteps("eval_timesteps", self.eval_timesteps, self.num_train_timesteps)
 
+    @property
+    def optim(self) -> OptimConfig:
+        """The trainer's optimiser settings: AdamW at ``lr`` / ``weight_decay`` (betas 0.9, 0.999), no warm-up, no
+        gradient clipping, no EMA, no bf16 — plain AdamW steps."""
+        return OptimConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=0, grad_clip=0.0, ema_decay=0.0,
+                           bf16=False)
+
+    @property
+    def log_every(self) -> int:
+        """The history (and the trainer's log) has one record per ``checkpoint_every`` steps."""
+        return self.checkpoint_every
+
     def noise_schedule(self) -> NoiseSchedule | None:
         return NoiseSchedule.create(self.schedule, num_train_timesteps=self.num_train_timesteps) \
             if self.noise_aware else None
@@ -103,59 +114,58 @@ class CalibrationConfig(Config):
         return self.eval_timesteps or default_timesteps(self.num_train_timesteps)
 
 
-class EpochBatches:
-    """Shuffled mini-batches (x in [−1, 1], y) of an in-memory dataset, iterated one epoch at a time (calibration and
-    evaluation; the trainer's batches, addressed by step, are :class:`diffguide.train.batches.StepBatches`); epoch e
-    is shuffled by a generator seeded with (seed, e) (:func:`diffguide.noise.epoch_shuffle_seed`), so a fresh object
-    replays exactly the same sequence (what resuming needs).
-
-    ``inputs`` [N, ...] are indexed per batch and passed through ``convert`` (e.g. ``diffguide.data.to_model_range``
-    for uint8 NHWC images); ``labels`` [N] integers.
-    """
-
-    def __init__(self, inputs, labels, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                 convert: Callable | None = None, drop_last: bool = False):
-        if len(inputs) != len(labels) or len(inputs) == 0:
-            raise ValueError(f"inputs and labels: expected the same non-zero length, got {len(inputs)} and {len(labels)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        self.inputs, self.labels = inputs, labels
-        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
-        self.convert = convert or (lambda x: torch.as_tensor(x))
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        full, rest = divmod(len(self.labels), self.batch_size)
-        return full + (0 if self.drop_last or rest == 0 else 1)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.labels)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_shuffle_seed(self.seed, self.epoch)))
-            order = order.numpy()
-        else:
-            order = np.arange(n)
-        self.epoch += 1
-        for k in range(len(self)):
-            picked = order[k * self.batch_size:(k + 1) * self.batch_size]
-            yield self.convert(self.inputs[picked]), torch.as_tensor(np.asarray(self.labels)[picked]).long()
-
-
 def calibration_objective(logits: Tensor, labels: Tensor, config: CalibrationConfig) -> tuple[Tensor, Tensor, Tensor]:
     """(total, CE, L_ECE) with total = CE(logits, y) + λ·L_ECE(logits, y)."""
     return calibration_loss(logits, labels, ece_weight=config.ece_weight, form=config.ece_form, beta=config.beta,
                             num_bins=config.num_bins, measure_ece=True)
 
 
-def _cycle(batches: Iterable) -> Iterator:
-    """Batches forever: the iterable is iterated afresh whenever it is exhausted."""
-    while True:
-        empty = True
-        for batch in batches:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("train_batches: expected at least one batch per pass, got none")
+def calibration_step_objective(schedule: NoiseSchedule | None, config: CalibrationConfig) -> Objective:
+    """The trainer's objective of a calibration fine-tune: :func:`calibration_objective` of ``classifier(x_t, t)`` on
+    x_t from :func:`~diffguide.schedule.noised_batch` (t, then ε, from the step's generator) when noise-aware, else of
+    ``classifier(x)``."""
+    def objective(net, x, y, generator):
+        if schedule is not None:
+            x_t, t, _ = noised_batch(x, schedule, generator)
+            logits = net(x_t, t)
+        else:
+            logits = net(x)
+        total, cross_entropy, ece_loss = calibration_objective(logits, y, config)
+        return total, {"loss": total.detach(), "ce": cross_entropy.detach(), "ece_loss": ece_loss.detach(),
+                       "accuracy": (logits.argmax(1) == y).double().mean()}
+
+    return objective
+
+
+class IterableBatches:
+    """The trainer's ``batch(step, generator)`` over an iterable of (x, y) batches, iterated afresh whenever it is
+    exhausted. Steps are drawn in order; a run resumed at step s first draws and discards s batches, so resuming is
+    exact when each fresh iteration gives the same sequence (a list, :class:`~diffguide.calibration.EpochBatches`, a
+    DataLoader rebuilt with the same seed). Batches are checked and moved to ``device``."""
+
+    def __init__(self, batches: Iterable, device: torch.device):
+        self.source, self.device = batches, device
+        self._stream: Iterator | None = None
+        self._next_step = 0
+
+    def _cycle(self) -> Iterator:
+        while True:
+            empty = True
+            for batch in self.source:
+                empty = False
+                yield batch
+            if empty:
+                raise ValueError("train_batches: expected at least one batch per pass, got none")
+
+    def batch(self, step: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        if self._stream is None or step != self._next_step:
+            self._stream = self._cycle()
+            for _ in range(step):
+                next(self._stream)
+        x, y = next(self._stream)
+        self._next_step = step + 1
+        check_batch(x, y, where=f"train batch {step}")
+        return x.to(self.device, torch.float32), y.to(self.device).long()
 
 
 def _write_json(path: Path, data) -> None:
@@ -219,82 +229,36 @@ def finetune_calibration(classifier: nn.Module, train_batches: Iterable[tuple[Te
     device = parameters[0].device
     _check_train_mode(classifier, config.train_mode)
     schedule = config.noise_schedule()
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
     out = Path(out_dir) if out_dir is not None else None
     evaluate = lambda: evaluate_calibration(  # noqa: E731
         classifier, eval_batches, noise_aware=config.noise_aware, schedule=schedule, timesteps=config.timesteps(),
         num_bins=config.num_bins, seed=config.seed, progress=progress)
-
-    step, history = 0, []
-    checkpoint_path = out / CHECKPOINT if out is not None else None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = read_checkpoint(checkpoint_path, what="calibration checkpoint")
-        missing = [k for k in ("config", "model", "optimizer", "generator", "torch_rng", "step", "history")
-                   if k not in state]
-        if missing or not (out / BEFORE).is_file():
-            raise ValueError(f"{checkpoint_path}: not a calibration checkpoint of diffguide calibrate "
-                             f"(missing {missing or [BEFORE]}); use another out_dir")
-        config.check_resumable(json.loads(state["config"]), where=str(checkpoint_path),
-                               hint="only steps and checkpoint_every may change on resume; use another out_dir")
-        classifier.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, history = int(state["step"]), list(state["history"])
+    if out is not None and (out / CHECKPOINT).exists():
+        if not (out / BEFORE).is_file():
+            raise ValueError(f"{out / CHECKPOINT}: not a calibration checkpoint of diffguide calibrate (no {BEFORE} "
+                             "beside it); use another out_dir")
         before = json.loads((out / BEFORE).read_text())
     else:
         before = evaluate()
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             _write_json(out / BEFORE, before)
-    if out is not None:
-        _write_json(out / CONFIG, config.to_dict())
-
-    def save_checkpoint():
-        state = {"model": classifier.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-                 "config": json.dumps(config.to_dict())}
-        atomic_write(checkpoint_path, lambda p: torch.save(state, p))
-
-    batches = _cycle(train_batches)
-    for _ in range(step):
-        next(batches)
-    sums = {"ce": 0.0, "ece_loss": 0.0, "accuracy": 0.0, "count": 0}
     was_training = classifier.training
-    classifier.train(config.train_mode)
-    bar = tqdm(total=config.steps, initial=min(step, config.steps), desc="calibrate", disable=not progress)
+    run = _Run(config, "calibration", classifier, calibration_step_objective(schedule, config),
+               IterableBatches(train_batches, device), out, rank=0, world=1, device=device, progress=progress,
+               time_limit_s=None, fast=False, draws=StreamDraws(config.seed), train_mode=config.train_mode,
+               config_name=CONFIG)
     try:
-        while step < config.steps:
-            x, y = next(batches)
-            check_batch(x, y, where=f"train batch {step}")
-            x, y = x.to(device, torch.float32), y.to(device).long()
-            if schedule is not None:
-                x_t, t, _ = noised_batch(x, schedule, generator)  # the trainer's draws: t, then ε
-                logits = classifier(x_t, t)
-            else:
-                logits = classifier(x)
-            total, cross_entropy, ece_loss = calibration_objective(logits, y, config)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            step += 1
-            sums["ce"] += cross_entropy.item()
-            sums["ece_loss"] += ece_loss.item()
-            sums["accuracy"] += (logits.argmax(1) == y).double().mean().item()
-            sums["count"] += 1
-            bar.update(1)
-            bar.set_postfix(ce=f"{cross_entropy.item():.4f}", ece_loss=f"{ece_loss.item():.4f}")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                history.append({"step": step, **{k: sums[k] / sums["count"] for k in ("ce", "ece_loss", "accuracy")}})
-                sums = {"ce": 0.0, "ece_loss": 0.0, "accuracy": 0.0, "count": 0}
-                if checkpoint_path is not None:
-                    save_checkpoint()
+        run.resume()
+        records = run.run()
     finally:
-        bar.close()
         classifier.train(was_training)
-
-    report = {"config": config.to_dict(), "steps": step, "before": before, "after": evaluate(), "history": history}
+    if out is not None:
+        records = [json.loads(line) for line in (out / LOG).read_text().splitlines() if line.strip()]
+    history = [{"step": r["step"], "ce": r["ce"], "ece_loss": r["ece_loss"], "accuracy": r["accuracy"]}
+               for r in records]
+    report = {"config": config.to_dict(), "steps": run.step, "before": before, "after": evaluate(),
+              "history": history}
     if out is not None:
         atomic_write(out / WEIGHTS, lambda p: save_model(_weights_module(classifier), str(p)))
         write_report(report, out, diagrams=diagrams)
