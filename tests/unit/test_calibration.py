@@ -628,3 +628,10 @@ def test_cli_calibrate_fine_tunes_a_noise_aware_classifier_folder(tmp_path):
     assert [row["t"] for row in rows] == [row["t"] for row in report["after"]["ece_t"]]
     for row, after in zip(rows, report["after"]["ece_t"]):
         assert row["ece"] == after["ece"] and row["accuracy"] == after["accuracy"]
+    # the fine-tuned classifier is also a network folder with its config, loadable like every released network
+    calibrated, calibrated_config = load_network(out / "model")
+    weights = load_file(str(out / "classifier.safetensors"))
+    assert set(weights) == set(calibrated.state_dict())
+    assert all(torch.equal(weights[k], v) for k, v in calibrated.state_dict().items())
+    assert (calibrated_config.schedule, calibrated_config.num_train_timesteps) == ("linear", 100)
+    assert calibrated_config.extra["calibration"] == report["config"]

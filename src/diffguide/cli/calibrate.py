@@ -113,7 +113,9 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
 
     The classifier stays in eval mode (frozen batch-norm statistics); all its parameters are trained. The weights
     (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`, or,
-    for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`."""
+    for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`; a noise-aware
+    classifier is also written as the network folder OUT/model (config.json + model.safetensors, e.g. for
+    `diffguide sample --classifier OUT/model`)."""
     from diffguide.calibration import EpochBatches
     from diffguide.train.calibrate import CalibrationConfig, finetune_calibration
     from diffguide.classifiers import noise_settings

@@ -23,8 +23,10 @@ from ..calibration.evaluate import check_batch, default_timesteps, evaluate_cali
 from ..calibration.loss import LOSS_FORMS, calibration_loss
 from ..calibration.metrics import ReliabilityBins
 from ..calibration.plots import plot_ece_over_timesteps, plot_reliability_diagram
+from ..checkpoints import save_network
 from ..config import Config, check_choice, check_integer, check_number, check_timesteps
 from ..io import atomic_write
+from ..nets import network_kind
 from ..schedule import NoiseSchedule, noised_batch
 from .config import OptimConfig
 from .objectives import Objective
@@ -34,6 +36,7 @@ __all__ = ["CalibrationConfig", "finetune_calibration", "calibration_objective",
            "IterableBatches", "write_report"]
 
 WEIGHTS = "classifier.safetensors"
+RELEASE = "model"
 CONFIG = "calibration_config.json"
 REPORT = "calibration_report.json"
 BEFORE = "calibration_before.json"
@@ -261,8 +264,25 @@ def finetune_calibration(classifier: nn.Module, train_batches: Iterable[tuple[Te
               "history": history}
     if out is not None:
         atomic_write(out / WEIGHTS, lambda p: save_model(_weights_module(classifier), str(p)))
+        _release(classifier, config, out / RELEASE)
         write_report(report, out, diagrams=diagrams)
     return report
+
+
+def _release(classifier: nn.Module, config: CalibrationConfig, folder: Path) -> None:
+    """A noise-aware classifier of a registered network class (e.g. the model/ of ``train-classifier``) is also saved
+    as a network folder with its config (``model.safetensors`` + ``config.json``: schedule, T, class names, and the
+    fine-tune's config in ``extra``), loadable like every released network. Off-the-shelf classifiers are not: their
+    preprocessing is not part of a network config (their ``classifier.safetensors`` loads with ``--weights``)."""
+    if not config.noise_aware:
+        return
+    try:
+        network_kind(classifier)
+    except ValueError:  # a class of the caller's own, not registered with diffguide.nets.register_network
+        return
+    save_network(classifier, folder, schedule=config.schedule, num_train_timesteps=config.num_train_timesteps,
+                 extra={"class_names": getattr(classifier, "class_names", None), "calibration": config.to_dict()},
+                 overwrite=True)
 
 
 def write_report(report: dict, out_dir, *, diagrams: bool = True) -> None:
