@@ -21,7 +21,7 @@ from .batches import StepBatches, _load, _num_classes, _select, _training_data
 from .config import ClassifierTrainConfig, TrainConfig, check_time_limit
 from .networks import _initialise_from, build_classifier_net, build_diffusion_net
 from .objectives import classifier_objective, diffusion_objective
-from .outputs import sample_images
+from .outputs import grid_samples
 from .trainer import (CHECKPOINT, CONFIG, LOG, RELEASE, _prepare, _Run, _summary, ema_decay_at,
                       ema_update, learning_rate, load_training_checkpoint, step_generator)
 
@@ -77,7 +77,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
         class_names = getattr(data, "class_names", None)
 
         def draw_samples(current: _Run) -> None:
-            images, grid_labels = sample_images(current.release_model, config, image_shape, num_classes, dev)
+            images, grid_labels = grid_samples(current.release_model, config, image_shape, num_classes, dev)
             for path in (out / "samples" / f"step_{current.step:07d}.png", out / "samples.png"):
                 save_grid(images, path, len(images), labels=grid_labels, class_names=class_names)
 

@@ -19,14 +19,14 @@ from ..samplers import ddim
 from ..schedule import NoiseSchedule
 from .config import TrainConfig
 
-__all__ = ["sample_images", "plot_loss_curve"]
+__all__ = ["grid_samples", "plot_loss_curve"]
 
 
 # ----------------------------------------------------------------------------------------------- outputs
 
 @torch.no_grad()
-def sample_images(net: nn.Module, config: TrainConfig, image_shape, num_classes: int | None,
-                  device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+def grid_samples(net: nn.Module, config: TrainConfig, image_shape, num_classes: int | None,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
     """DDIM (η = 0, ``config.sample_steps`` steps) samples with CFG at ``config.sample_w``: ``samples_per_class``
     per class (class-major order) or 64 unconditional ones; per-sample seeds (seed, k). Returns (uint8 NHWC, labels
     or None) for :func:`diffguide.grid.save_grid`."""
