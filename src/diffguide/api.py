@@ -10,8 +10,6 @@ are saved as ``run.json`` beside the samples (a resumed run must match them).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +18,12 @@ from torch import nn
 from .accel import file_identity, reused_fast_module, use_fast_path
 from .adapter import Denoiser
 from .checkpoints import NetworkConfig, load_adm_checkpoint, load_network
+from .config import Config, check_integer, check_number
+from .devices import resolve_device
 from .diffusers_adapter.model import is_diffusers_folder
 from .guidance import ClassifierFree, ClassifierGuidance, Guidance, make_objective, make_rule, make_schedule
 from .samplers import SAMPLERS, sampler_options
-from .sampling import SampleSet, class_labels, default_device, generate
+from .sampling import SampleSet, class_labels, generate
 
 __all__ = ["SampleSettings", "sample", "load_diffusion", "load_guidance_classifier", "X0_PREPROCESS"]
 
@@ -33,7 +33,7 @@ X0_PREPROCESS = ("weights", "raw")
 
 
 @dataclass
-class SampleSettings:
+class SampleSettings(Config):
     """Everything that determines a sampling run (see ``diffguide sample --help`` for each field's meaning)."""
 
     model: str
@@ -45,7 +45,8 @@ class SampleSettings:
     sampler: str = "ddpm"
     steps: str = "250"
     eta: float = 0.0
-    clip_x0: bool = True
+    clip_x0: bool | None = None
+    """None: the checkpoint's own setting (``NetworkConfig.clip_x0``; true for every version-1 folder)."""
     classifier: str | None = None
     classifier_preset: str | None = None
     x0_classifier: str | None = None
@@ -65,9 +66,7 @@ class SampleSettings:
 
     def __post_init__(self):
         for name, minimum in (("num_samples", 1), ("batch_size", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}: expected an integer ≥ {minimum}, got {value!r}")
+            check_integer(name, getattr(self, name), minimum)
         if not isinstance(self.model, (str, Path)) or not str(self.model):
             raise ValueError(f"model: expected a checkpoint folder or a .pt file path, got {self.model!r}")
         self.model = str(self.model)
@@ -85,9 +84,7 @@ class SampleSettings:
         if self.x0_preprocess == "raw" and not self.x0_classifier:
             raise ValueError("x0_preprocess: 'raw' applies to an off-the-shelf --x0-classifier; none is given")
         for name in ("classifier_scale", "eta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}: expected a finite number, got {value!r}")
+            check_number(name, getattr(self, name))
         if (self.classifier or self.x0_classifier) is None and self.objective is not None:
             raise ValueError("objective: only classifier guidance has an objective; give --classifier or --x0-classifier")
 
@@ -136,11 +133,12 @@ def load_guidance_classifier(spec: str, preset: str | None = None, device="cpu")
     return net, "x_t"
 
 
-def _guidance(settings: SampleSettings, device) -> Guidance:
+def _guidance(settings: SampleSettings, device, null_label: int | None = None) -> Guidance:
     cfg = None
     schedule = make_schedule(settings.schedule, **settings.schedule_params)  # one strength schedule for CFG and CG
     if settings.cfg_w is not None or settings.cfg_scale is not None:
-        cfg = ClassifierFree(w=settings.cfg_w, guidance_scale=settings.cfg_scale, schedule=schedule)
+        cfg = ClassifierFree(w=settings.cfg_w, guidance_scale=settings.cfg_scale, schedule=schedule,
+                             null_label=null_label)
     spec = settings.classifier or settings.x0_classifier
     if spec is None:
         return Guidance(cfg=cfg)
@@ -178,16 +176,17 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     if (settings is None) == (not fields):
         raise TypeError("sample: pass a SampleSettings or its fields as keyword arguments (one of the two)")
     s = settings or SampleSettings(**fields)
-    dev = default_device(device)
+    dev = resolve_device(device)
     if use_fast_path(fast, dev):  # compiled once per process and model (its graphs are reused by later calls)
         net, config = reused_fast_module((file_identity(s.model), s.preset, str(dev)),
                                          lambda: load_diffusion(s.model, s.preset, device=dev))
     else:
         net, config = load_diffusion(s.model, s.preset, device=dev)
-    guidance = _guidance(s, dev)
+    guidance = _guidance(s, dev, config.null_label)  # the checkpoint's ∅: one batched [c, ∅] forward
     if guidance.cfg is not None:
         _check_cfg_capable(net, config)
-    denoiser: Denoiser = config.denoiser(net, s.steps, clip_x0=s.clip_x0)
+    clip_x0 = config.clip_x0 if s.clip_x0 is None else s.clip_x0
+    denoiser: Denoiser = config.denoiser(net, s.steps, clip_x0=clip_x0)
     kwargs = config.kwargs
     num_classes = kwargs.get("num_classes")
     if num_classes is None and guidance.classifier is not None:
@@ -197,6 +196,6 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     return generate(denoiser, num_samples=s.num_samples, image_shape=shape, labels=labels, guidance=guidance,
                     sampler=s.sampler, sampler_options={"eta": s.eta} if "eta" in sampler_options(s.sampler) else None,
                     seed=s.seed,
-                    batch_size=s.batch_size, out_dir=out, config=dataclasses.asdict(s), resume=resume,
+                    batch_size=s.batch_size, out_dir=out, config={**s.to_dict(), "clip_x0": clip_x0}, resume=resume,
                     overwrite=overwrite, bf16=s.bf16, progress=progress, on_nonfinite=s.on_nonfinite,
                     device=str(dev), class_names=config.extra.get("class_names"))

@@ -1,9 +1,10 @@
 """Checkpoints: a network saved as ``model.safetensors`` with its typed config in ``config.json`` beside it (as diffusers
 does), loaded back with no flags to repeat; original guided-diffusion ``.pt`` state dicts loaded and converted.
 
-A ``config.json`` holds ``{"format": "diffguide-network", "version": 1, "kind": <class name>, "kwargs": {constructor
-arguments}, "schedule": <noise schedule name or null>, "num_train_timesteps": 1000, "learn_sigma": bool,
-"preset": <preset name or null>}``.
+A ``config.json`` holds :class:`NetworkConfig` as ``{"format": "diffguide-network", "version": 2, "kind": <class name>,
+"kwargs": {constructor arguments}, "schedule": <noise schedule name or null>, "num_train_timesteps": 1000,
+"learn_sigma": bool, "prediction_type": "epsilon", "variance_type": ..., "null_label": <int or null>, "clip_x0": bool,
+"preset": <preset name or null>, "extra": {...}}``; version 1 (no sampling defaults) is read too.
 
 Every state dict is checked against the network before loading: a mismatch raises :class:`StateDictMismatchError`
 listing missing and unexpected keys and shape mismatches, and naming the preset the state dict does fit, if any.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from .adapter import Denoiser
+from .config import Config, check_choice, check_integer
 from .io import atomic_write
 from .nets import PRESETS, network_class, network_kind
 from .nets.presets import StateDictDiff, matching_presets, state_dict_diff, strip_prefix
@@ -38,18 +40,49 @@ CONFIG_NAME = "config.json"
 _FORMAT = "diffguide-network"
 
 
+VARIANCE_TYPES = ("fixed_large", "fixed_small", "learned_range")
+PREDICTION_TYPES = ("epsilon",)
+
+
 @dataclass
-class NetworkConfig:
+class NetworkConfig(Config):
     """What rebuilds a network and tells how to sample it: class ``kind``, constructor ``kwargs``, training noise
-    ``schedule`` (``None`` for classifiers that do not see noise), ``learn_sigma``, and the ``preset`` it came from."""
+    ``schedule`` (``None`` for classifiers that do not see noise) of ``num_train_timesteps`` steps, the ``preset`` it
+    came from, and the sampling defaults the network was trained for: ``prediction_type``, ``variance_type``,
+    ``null_label`` (the label index of ∅ for classifier-free guidance; None: none) and ``clip_x0``.
+    ``extra``: what the run that made it records (class names, training step, loss, ...)."""
 
     kind: str
     kwargs: dict
     schedule: str | None = None
     learn_sigma: bool = False
+    """the network outputs 2C channels: ε and the learned variance interpolation v."""
     num_train_timesteps: int = 1000
     preset: str | None = None
     extra: dict = field(default_factory=dict)
+    prediction_type: str = "epsilon"
+    variance_type: str | None = None
+    """'fixed_large' (ADM's default, σ² = β), 'fixed_small' (the posterior variance) or 'learned_range' (the
+    network's v); None: 'learned_range' when ``learn_sigma``, else 'fixed_large'."""
+    null_label: int | None = None
+    clip_x0: bool = True
+    """clip x̂0 to [−1, 1] while sampling (images); False for data outside that range."""
+
+    def __post_init__(self):
+        if not isinstance(self.kind, str) or not isinstance(self.kwargs, dict):
+            raise ValueError(f"kind, kwargs: expected a class name and an object of constructor arguments, got "
+                             f"{self.kind!r} and {type(self.kwargs).__name__}")
+        if self.variance_type is None:
+            self.variance_type = "learned_range" if self.learn_sigma else "fixed_large"
+        check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
+        check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
+        if (self.variance_type == "learned_range") != bool(self.learn_sigma):
+            raise ValueError(f"variance_type: {self.variance_type!r} with learn_sigma={self.learn_sigma}: the learned "
+                             "range needs the network's v output (learn_sigma true), and only it uses that output")
+        check_integer("num_train_timesteps", self.num_train_timesteps, minimum=2)
+        if self.null_label is not None:
+            check_integer("null_label", self.null_label, minimum=0)
+        check_choice("clip_x0", self.clip_x0, (True, False))
 
     @classmethod
     def from_preset(cls, name: str) -> "NetworkConfig":
@@ -71,26 +104,39 @@ class NetworkConfig:
         return NoiseSchedule.create(self.schedule, spacing, self.num_train_timesteps)
 
     def denoiser(self, net, spacing: str | int | None = None, *, variance: str | None = None,
-                 clip_x0: bool = True) -> Denoiser:
-        """A :class:`~diffguide.adapter.Denoiser` for ``net``: learned-range variance when ``learn_sigma``, else ADM's
-        default 'fixed_large'; ``num_classes`` from the kwargs."""
-        variance = variance or ("learned_range" if self.learn_sigma else "fixed_large")
-        return Denoiser(net, self.noise_schedule(spacing), variance=variance, clip_x0=clip_x0,
+                 clip_x0: bool | None = None) -> Denoiser:
+        """A :class:`~diffguide.adapter.Denoiser` for ``net`` with this config's sampling defaults (``variance_type``,
+        ``clip_x0``) unless ``variance`` / ``clip_x0`` are given; ``num_classes`` from the kwargs."""
+        return Denoiser(net, self.noise_schedule(spacing), variance=variance or self.variance_type,
+                        clip_x0=self.clip_x0 if clip_x0 is None else clip_x0,
                         num_classes=self.kwargs.get("num_classes"))
 
     def to_json(self) -> dict:
-        return {"format": _FORMAT, "version": 1, **asdict(self)}
+        return {"format": _FORMAT, "version": VERSION, **self.to_dict()}
 
     @classmethod
     def from_json(cls, data: Mapping, source: str = "config") -> "NetworkConfig":
+        """A config of version 2, or of version 1 (no typed sampling defaults: the variance from ``learn_sigma``,
+        the null label from ``extra``, x̂0 clipped, ε-prediction — what sampling a version-1 folder always did)."""
         if not isinstance(data, Mapping) or data.get("format") != _FORMAT:
             raise ValueError(f"{source}: not a diffguide network config (expected \"format\": \"{_FORMAT}\")")
-        if data.get("version") != 1:
-            raise ValueError(f"{source}: unsupported config version {data.get('version')!r} (this diffguide reads 1)")
+        version = data.get("version")
+        if version not in (1, VERSION):
+            raise ValueError(f"{source}: unsupported config version {version!r} (this diffguide reads 1 and {VERSION})")
         if not isinstance(data.get("kind"), str) or not isinstance(data.get("kwargs"), dict):
             raise ValueError(f"{source}: expected \"kind\" (a class name) and \"kwargs\" (an object)")
-        fields = ("kind", "kwargs", "schedule", "learn_sigma", "num_train_timesteps", "preset", "extra")
-        return cls(**{k: data[k] for k in fields if k in data})
+        fields = {k: v for k, v in data.items() if k not in ("format", "version")}
+        if version == 1:
+            unknown = sorted(set(fields) - set(_VERSION_1_FIELDS))
+            if unknown:
+                raise ValueError(f"{source}: unknown fields {unknown} in a version-1 config")
+            fields["null_label"] = dict(fields.get("extra") or {}).get("null_label")
+        return cls.from_dict(fields, source)
+
+
+VERSION = 2
+"""Config format version written by :func:`save_network`; :meth:`NetworkConfig.from_json` reads 1 and 2."""
+_VERSION_1_FIELDS = ("kind", "kwargs", "schedule", "learn_sigma", "num_train_timesteps", "preset", "extra")
 
 
 class StateDictMismatchError(ValueError):
@@ -132,10 +178,10 @@ def _mismatch_message(what: str, diff: StateDictDiff, fitting: list[str]) -> str
 
 
 def load_state_dict_checked(net: nn.Module, state_dict: Mapping[str, Tensor], *, what: str = "checkpoint") -> nn.Module:
-    """Load ``state_dict`` (``module.`` prefixes stripped) into ``net`` after checking keys and shapes; raise
+    """Load ``state_dict`` (its keys as they are) into ``net`` after checking keys and shapes; raise
     :class:`StateDictMismatchError` on any difference. A network built on the meta device takes the tensors
     themselves (cast to its dtypes), so a large checkpoint is never held twice. Returns ``net``."""
-    state_dict = strip_prefix(state_dict)
+    state_dict = dict(state_dict)
     expected = net.state_dict()
     diff = state_dict_diff({k: tuple(v.shape) for k, v in expected.items()}, state_dict)
     if diff:
@@ -181,7 +227,10 @@ def save_safetensors(tensors: Mapping[str, Tensor], path: str | os.PathLike, *, 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """A state dict from a ``.safetensors`` file or a PyTorch file read with ``torch.load(weights_only=True)``:
-    a plain state dict (ADM) or a dict holding one under ``state_dict`` (CIFAR ResNets); ``module.`` stripped."""
+    a plain state dict (ADM) or a dict holding one under ``state_dict`` (CIFAR ResNets). A ``module.`` prefix on every
+    key is removed: it is how ``nn.DataParallel`` checkpoints (the CIFAR ResNet ``.th`` files) and the
+    ``classifier.safetensors`` of ``diffguide calibrate`` before config format 2 (saved from the
+    :class:`~diffguide.classifiers.ImageClassifier` wrapper) name the weights of the network itself."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
@@ -218,18 +267,23 @@ def load_adm_checkpoint(path: str | os.PathLike, preset: str | NetworkConfig, *,
 
 def save_network(net: nn.Module, directory: str | os.PathLike, *, schedule: str | None = None,
                  learn_sigma: bool = False, num_train_timesteps: int = 1000, preset: str | None = None,
-                 extra: dict | None = None, overwrite: bool = False) -> Path:
+                 extra: dict | None = None, overwrite: bool = False, variance_type: str | None = None,
+                 null_label: int | None = None, clip_x0: bool = True) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/config.json`` (each atomically; the config last, so a
-    folder with a config is complete). ``net`` must be a registered network class with a ``config`` dict.
-    Refuses an existing checkpoint unless ``overwrite``. Returns the directory."""
+    folder with a config is complete). ``net`` must be a registered network class with a ``config`` dict; the other
+    arguments are the fields of :class:`NetworkConfig` (``null_label`` defaults to the network's own ``null_label``
+    attribute). Refuses an existing checkpoint unless ``overwrite``. Returns the directory."""
     directory = Path(directory)
     kind = network_kind(net)
     kwargs = getattr(net, "config", None)
     if not isinstance(kwargs, dict):
         raise ValueError(f"net: {type(net).__name__} has no `config` dict of constructor arguments")
+    if null_label is None:
+        null_label = getattr(net, "null_label", None)
     config = NetworkConfig(kind=kind, kwargs=json.loads(json.dumps(kwargs)), schedule=schedule,
                            learn_sigma=bool(learn_sigma), num_train_timesteps=num_train_timesteps, preset=preset,
-                           extra=dict(extra or {}))
+                           extra=dict(extra or {}), variance_type=variance_type, null_label=null_label,
+                           clip_x0=clip_x0)
     if (directory / CONFIG_NAME).exists() and not overwrite:
         raise FileExistsError(f"directory: {str(directory)!r} already holds a checkpoint; pass overwrite=True")
     directory.mkdir(parents=True, exist_ok=True)
@@ -264,4 +318,5 @@ def convert_adm_checkpoint(pt_path: str | os.PathLike, preset: str, out_dir: str
     config = NetworkConfig.from_preset(preset)
     net = load_adm_checkpoint(pt_path, config)
     return save_network(net, out_dir, schedule=config.schedule, learn_sigma=config.learn_sigma,
-                        num_train_timesteps=config.num_train_timesteps, preset=preset, overwrite=overwrite)
+                        num_train_timesteps=config.num_train_timesteps, preset=preset, overwrite=overwrite,
+                        variance_type=config.variance_type, null_label=config.null_label, clip_x0=config.clip_x0)

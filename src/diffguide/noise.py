@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseSource", "SeededNoise", "FixedNoise", "sample_seed"]
+__all__ = ["NoiseSource", "DrawnNoise", "SeededNoise", "FixedNoise", "sample_seed", "derived_seed", "derived_rng",
+           "epoch_shuffle_seed", "STEP_SALT", "EPOCH_SALT", "LABEL_SALT"]
 
 
 class NoiseSource(Protocol):
@@ -20,14 +21,52 @@ class NoiseSource(Protocol):
         """The fresh Gaussian noise of sampler step i (drawn once per step, in order T'−1 … 0)."""
 
 
+# Every seed the library derives, in one place. Streams of different purposes are kept apart by a salt word.
+STEP_SALT = 0x7124
+"""training: the draws of step k on process r come from (seed, STEP_SALT, r, k)."""
+EPOCH_SALT = 0xDA7A
+"""training: the data order of epoch e comes from (seed, EPOCH_SALT, e)."""
+LABEL_SALT = 0x1ABE1
+"""sampling: the labels of a run (``--labels uniform``) come from (seed, LABEL_SALT)."""
+
+
+def derived_seed(*words: int) -> int:
+    """A 63-bit generator seed mixed from non-negative integers (NumPy ``SeedSequence``): e.g. (seed, index)."""
+    return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def derived_rng(*words: int) -> np.random.Generator:
+    """A NumPy generator seeded with the ``SeedSequence`` of ``words`` (the labels of a sampling run)."""
+    return np.random.default_rng(np.random.SeedSequence(list(words)))
+
+
+def epoch_shuffle_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s order in :class:`diffguide.calibration.EpochBatches`: seed·1000003 + epoch
+    (kept as it was: the committed toy calibration study depends on it)."""
+    return seed * 1_000_003 + epoch
+
+
 def sample_seed(seed: int, index: int) -> int:
     """A 63-bit generator seed for sample ``index`` of a run seeded with ``seed`` (NumPy SeedSequence mixing)."""
     if seed < 0 or index < 0:
         raise ValueError(f"seed and sample index must be non-negative, got seed={seed}, index={index}")
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return derived_seed(seed, index)
 
 
-class SeededNoise:
+class DrawnNoise:
+    """A noise source whose x_T and each step's noise are consecutive draws of ``_next()`` (one per call, in order)."""
+
+    def _next(self) -> Tensor:
+        raise NotImplementedError
+
+    def initial(self) -> Tensor:
+        return self._next()
+
+    def step(self, i: int) -> Tensor:
+        return self._next()
+
+
+class SeededNoise(DrawnNoise):
     """Noise for samples ``indices`` of a run seeded with ``seed``.
 
     Sample k's stream is its own ``torch.Generator`` (seeded by :func:`sample_seed`) read in blocks of ``chunk``
@@ -61,12 +100,6 @@ class SeededNoise:
         out = self._buffer[:, self._used]
         self._used += 1
         return out
-
-    def initial(self) -> Tensor:
-        return self._next()
-
-    def step(self, i: int) -> Tensor:
-        return self._next()
 
 
 class FixedNoise:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -23,13 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapter import Denoiser
-from .devices import resolve_device
+from .distributed import barrier as _barrier, distributed_context
 from .guidance.classifier import Guidance
-from .io import atomic_save_npz, atomic_write, atomic_write_text, check_same_settings, clean_stale_temporaries
-from .noise import SeededNoise
+from .grid import save_grid
+from .io import atomic_save_npz, atomic_write_text, check_same_settings, clean_stale_temporaries
+from .noise import LABEL_SALT, SeededNoise, derived_rng
 from .samplers import SAMPLERS
 
-__all__ = ["SampleSet", "class_labels", "default_device", "generate", "save_grid", "to_uint8_images", "distributed_context"]
+__all__ = ["SampleSet", "class_labels", "generate", "save_grid", "to_uint8_images"]
 
 RUN_CONFIG = "run.json"
 
@@ -55,7 +55,7 @@ def class_labels(num_samples: int, num_classes: int | None, mode: str = "uniform
     if num_classes is None or mode == "none":
         return None
     if mode == "uniform":
-        return np.random.default_rng(np.random.SeedSequence([seed, 0x1ABE1])).integers(0, num_classes, num_samples)
+        return derived_rng(seed, LABEL_SALT).integers(0, num_classes, num_samples)
     if mode == "balanced":
         return np.arange(num_samples) % num_classes
     if str(mode).isdigit() and int(mode) < num_classes:
@@ -66,74 +66,6 @@ def class_labels(num_samples: int, num_classes: int | None, mode: str = "uniform
 def to_uint8_images(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] NCHW floats -> uint8 NHWC, rounding to the nearest level."""
     return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_grid(images: np.ndarray, path: Path, max_images: int = 64, labels: np.ndarray | None = None,
-              class_names: list[str] | None = None, min_tile: int = 64) -> None:
-    """A PNG grid of uint8 NHWC images, tiles upscaled (nearest neighbour, an integer factor) to at least
-    ``min_tile`` pixels. With ``labels``: one row per class present (sorted), headed by its name (``class_names[c]``,
-    else ``class c``), holding that class's first samples; without: a square grid of the first ``max_images``."""
-    from PIL import Image, ImageDraw
-
-    if len(images) == 0:
-        raise ValueError("images: nothing to draw")
-    h, w, c = images.shape[1:]
-    factor = max(1, -(-min_tile // max(h, w)))
-    if labels is not None:
-        classes = sorted(int(k) for k in np.unique(labels))
-        rows_of = {k: np.flatnonzero(labels == k) for k in classes}
-        cols = max(1, min(max(len(v) for v in rows_of.values()), max(1, max_images // len(classes)), 16))
-        cells = [[int(i) for i in rows_of[k][:cols]] for k in classes]
-        names = [class_names[k] if class_names is not None and k < len(class_names) else f"class {k}"
-                 for k in classes]
-    else:
-        n = min(len(images), max_images)
-        cols = int(np.ceil(np.sqrt(n)))
-        cells = [list(range(r, min(r + cols, n))) for r in range(0, n, cols)]
-        names = None
-    th, tw, gap = h * factor, w * factor, 2
-    label_width = 0 if names is None else 8 + 7 * max(len(name) for name in names)
-    grid = Image.new("RGB", (label_width + gap + cols * (tw + gap), gap + len(cells) * (th + gap)), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
-    for r, row in enumerate(cells):
-        top = gap + r * (th + gap)
-        if names is not None:
-            draw.text((4, top + th // 2 - 5), names[r], fill=(0, 0, 0))
-        for q, index in enumerate(row):
-            tile = Image.fromarray(images[index].squeeze(-1) if c == 1 else images[index]).convert("RGB")
-            grid.paste(tile.resize((tw, th), Image.NEAREST), (label_width + gap + q * (tw + gap), top))
-    atomic_write(Path(path), lambda tmp: grid.save(tmp, format="PNG"))
-
-
-def default_device(device: str | None = None) -> torch.device:
-    """:func:`diffguide.devices.resolve_device`: ``device`` if given (a bare ``cuda`` means this process's GPU), else
-    ``cuda:$LOCAL_RANK`` when there is a GPU, else the CPU; a clear ValueError for a device that is not there."""
-    return resolve_device(device)
-
-
-@contextlib.contextmanager
-def distributed_context(device: str | None = None):
-    """(rank, world_size, device) from torchrun's environment; initialises torch.distributed (NCCL on GPU, gloo on CPU)
-    when WORLD_SIZE > 1 and tears it down afterwards."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    dev = default_device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    initialised = False
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        initialised = True
-    try:
-        yield rank, world, dev
-    finally:
-        if initialised:
-            torch.distributed.destroy_process_group()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
 
 
 SAMPLE_RUN_FILES = {RUN_CONFIG, "samples.npz", "grid.png", "summary.json"}

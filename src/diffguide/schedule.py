@@ -29,6 +29,7 @@ __all__ = [
     "score_to_eps",
     "x0_eps_to_v",
     "v_to_eps",
+    "noised_batch",
 ]
 
 
@@ -245,6 +246,17 @@ class NoiseSchedule:
 
 
 # --- conversions (ᾱ given as a tensor broadcastable against x) ---
+
+def noised_batch(x0: Tensor, schedule: NoiseSchedule, generator: torch.Generator | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """(x_t, t, ε) with t ~ U{0..T−1} per sample and ε ~ N(0, I), drawn from ``generator`` in that order."""
+    if len(schedule) != schedule.num_train_timesteps:
+        raise ValueError("schedule: training needs the full (unrespaced) schedule")
+    device = generator.device if generator is not None else x0.device
+    t = torch.randint(0, len(schedule), (x0.shape[0],), generator=generator, device=device).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32).to(x0.device)
+    return schedule.q_sample(x0.float(), t, noise).to(x0.dtype), t, noise
+
 
 def eps_to_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
     """x̂0 = (x_t − sqrt(1−ᾱ)·ε) / sqrt(ᾱ), written as sqrt(1/ᾱ)·x_t − sqrt(1/ᾱ − 1)·ε as ADM does."""

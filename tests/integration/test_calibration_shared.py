@@ -8,7 +8,7 @@ import pytest
 import relplot
 from conftest import shared_path
 
-from diffguide.calibration import SeededBatches, calibration_summary, collect_logits, top_label
+from diffguide.calibration import EpochBatches, calibration_summary, collect_logits, top_label
 
 RESNET20 = "assets/classifiers/cifar10-resnet20-12fca82f.th"
 CIFAR10 = "assets/cifar10/cifar10-jpeg-q75.tar.gz"
@@ -33,7 +33,7 @@ def resnet20():
 def _batches(dataset, batch_size=250):
     from diffguide.data import to_model_range
 
-    return SeededBatches(dataset.images, dataset.labels, batch_size, shuffle=False, convert=to_model_range)
+    return EpochBatches(dataset.images, dataset.labels, batch_size, shuffle=False, convert=to_model_range)
 
 
 def test_resnet20_calibration_on_cifar10_jpeg(cifar10_test_subset, resnet20):

@@ -15,7 +15,7 @@ from scipy.special import softmax
 from torch import nn
 
 from diffguide.calibration import (
-    CalibrationConfig, ReliabilityBins, SeededBatches, binned_ece, ece_over_timesteps, evaluate_calibration,
+    CalibrationConfig, ReliabilityBins, EpochBatches, binned_ece, ece_over_timesteps, evaluate_calibration,
     finetune_calibration, plot_ece_over_timesteps, plot_reliability_diagram, pseudo_huber_bin_loss,
     pseudo_huber_sample_loss, reliability_bins, smooth_ece, smooth_ece_at, smooth_ece_loss, top_label,
     top_label_confidence,
@@ -400,7 +400,7 @@ def test_noise_aware_finetune_learns_to_be_less_confident_at_high_noise(tmp_path
 def test_seeded_batches_replay_and_cover_every_sample():
     x = np.arange(10, dtype=np.float32)[:, None] / 10
     y = np.arange(10)
-    source, again_source = SeededBatches(x, y, 4, seed=3), SeededBatches(x, y, 4, seed=3)
+    source, again_source = EpochBatches(x, y, 4, seed=3), EpochBatches(x, y, 4, seed=3)
     first = [b[1].tolist() for _ in range(2) for b in source]
     again = [b[1].tolist() for _ in range(2) for b in again_source]
     assert first == again and len(again_source) == 3
@@ -608,7 +608,7 @@ def test_cli_calibrate_fine_tunes_a_noise_aware_classifier_folder(tmp_path):
     # computed by the same code, so equal to the last bit
     net, _ = load_network(release)
     test = load_dataset(str(data), "test")
-    expected = evaluate_calibration(net, SeededBatches(test.images, test.labels, 20, shuffle=False,
+    expected = evaluate_calibration(net, EpochBatches(test.images, test.labels, 20, shuffle=False,
                                                        convert=to_model_range),
                                     noise_aware=True, schedule=NoiseSchedule.create("linear", num_train_timesteps=100))
     assert report["before"]["summary"] == expected["summary"]
@@ -628,3 +628,10 @@ def test_cli_calibrate_fine_tunes_a_noise_aware_classifier_folder(tmp_path):
     assert [row["t"] for row in rows] == [row["t"] for row in report["after"]["ece_t"]]
     for row, after in zip(rows, report["after"]["ece_t"]):
         assert row["ece"] == after["ece"] and row["accuracy"] == after["accuracy"]
+    # the fine-tuned classifier is also a network folder with its config, loadable like every released network
+    calibrated, calibrated_config = load_network(out / "model")
+    weights = load_file(str(out / "classifier.safetensors"))
+    assert set(weights) == set(calibrated.state_dict())
+    assert all(torch.equal(weights[k], v) for k, v in calibrated.state_dict().items())
+    assert (calibrated_config.schedule, calibrated_config.num_train_timesteps) == ("linear", 100)
+    assert calibrated_config.extra["calibration"] == report["config"]

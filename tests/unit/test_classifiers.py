@@ -144,3 +144,26 @@ def test_torchvision_missing_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     with pytest.raises(ImportError, match="needs torchvision"):
         torchvision_classifier("resnet50")
+
+
+def test_calibrated_wrapper_weights_are_saved_with_plain_keys_and_old_prefixed_files_still_load(tmp_path):
+    """calibrate fine-tunes an ImageClassifier; its classifier.safetensors holds the network's own keys (no `module.` of
+    the wrapper). Files written before (every key `module.`-prefixed) load explicitly through read_state_dict."""
+    from safetensors.torch import load_file, save_file
+
+    from diffguide.calibration import CalibrationConfig, finetune_calibration
+    from diffguide.classifiers import load_weights
+
+    torch.manual_seed(0)
+    model = ImageClassifier(CifarResNet(20), Preprocess(), num_classes=10).requires_grad_(True)
+    x, y = torch.rand(4, 3, 32, 32) * 2 - 1, torch.arange(4)
+    finetune_calibration(model, [(x, y)], [(x, y)], CalibrationConfig(steps=1, lr=1e-3), out_dir=tmp_path / "cal",
+                         progress=False, diagrams=False)
+    saved = load_file(str(tmp_path / "cal" / "classifier.safetensors"))
+    assert set(saved) == set(model.module.state_dict())  # plain keys, every one of the network's
+    old = tmp_path / "old.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in saved.items()}, str(old))  # the earlier layout
+    for path in (tmp_path / "cal" / "classifier.safetensors", old):
+        fresh = ImageClassifier(CifarResNet(20), Preprocess(), num_classes=10)
+        load_weights(fresh, path)
+        assert all(torch.equal(a, model.module.state_dict()[k]) for k, a in fresh.module.state_dict().items())

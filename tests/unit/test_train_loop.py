@@ -15,7 +15,7 @@ from diffguide.cli import main
 from diffguide.nets.small_unet import SmallUNet
 from diffguide.train import (ClassifierTrainConfig, DataConfig, LossConfig, NetConfig, OptimConfig, TrainConfig,
                              ema_decay_at, ema_update, learning_rate, load_training_checkpoint, train, train_classifier)
-from diffguide.train.loop import CHECKPOINT, LOG, ImageBatches, step_generator
+from diffguide.train.loop import CHECKPOINT, LOG, StepBatches, step_generator
 
 TINY_NET = dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[])
 
@@ -54,7 +54,7 @@ def test_ema_update_is_the_weighted_average():
 
 def test_batches_cover_every_epoch_and_split_over_ranks():
     data = tiny_images(n=20)
-    whole = ImageBatches(data.images, data.labels, 4, seed=3)
+    whole = StepBatches(data.images, data.labels, 4, seed=3)
     assert whole.per_epoch == 5
     seen = torch.cat([whole.order(0)[k * 4:(k + 1) * 4] for k in range(5)])
     assert sorted(seen.tolist()) == list(range(20))
@@ -63,18 +63,18 @@ def test_batches_cover_every_epoch_and_split_over_ranks():
     picked = whole.order(1)[8:12]
     torch.testing.assert_close(x, torch.from_numpy(data.images[picked.numpy()]).permute(0, 3, 1, 2).float() / 127.5 - 1)
     assert torch.equal(y, torch.from_numpy(data.labels[picked.numpy()]))
-    halves = [ImageBatches(data.images, data.labels, 4, seed=3, rank=r, world=2).batch(7)[0] for r in (0, 1)]
+    halves = [StepBatches(data.images, data.labels, 4, seed=3, rank=r, world=2).batch(7)[0] for r in (0, 1)]
     torch.testing.assert_close(torch.cat(halves), x)
     with pytest.raises(ValueError, match="divide evenly"):
-        ImageBatches(data.images, data.labels, 5, seed=0, world=2)
+        StepBatches(data.images, data.labels, 5, seed=0, world=2)
     with pytest.raises(ValueError, match="larger than the data set"):
-        ImageBatches(data.images, data.labels, 64, seed=0)
+        StepBatches(data.images, data.labels, 64, seed=0)
 
 
 def test_hflip_mirrors_the_images_drawn_by_the_step_generator():
     data = tiny_images(n=16)
-    plain = ImageBatches(data.images, data.labels, 16, seed=0).batch(0)[0]
-    flipped = ImageBatches(data.images, data.labels, 16, seed=0, hflip=True).batch(0, step_generator(0, 0, 0))[0]
+    plain = StepBatches(data.images, data.labels, 16, seed=0).batch(0)[0]
+    flipped = StepBatches(data.images, data.labels, 16, seed=0, hflip=True).batch(0, step_generator(0, 0, 0))[0]
     chosen = torch.rand(16, generator=step_generator(0, 0, 0)) < 0.5
     assert 0 < chosen.sum() < 16
     torch.testing.assert_close(flipped[chosen], plain[chosen].flip(3))
@@ -113,7 +113,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
 def test_resume_refuses_a_different_config_but_may_run_longer(tmp_path):
     data = tiny_images()
     train(tiny_config(3), tmp_path, dataset=data, progress=False)
-    with pytest.raises(ValueError, match=r"loss.w_train: 1.0 -> 3.0"):
+    with pytest.raises(ValueError, match=r"loss.w_train differs: 1.0 then, 3.0 now"):
         train(tiny_config(6, w_train=3.0), tmp_path, dataset=data, progress=False)
     assert TrainConfig.from_json((tmp_path / "train_config.json").read_text()) == tiny_config(3)
     with pytest.raises(ValueError, match="optim.lr"):

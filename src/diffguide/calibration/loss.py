@@ -6,24 +6,19 @@ its correctness (a constant: no gradient flows through argmax); β > 0 the pseud
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..config import check_number
 from .metrics import bin_index
 
 __all__ = ["top_label_confidence", "pseudo_huber_sample_loss", "pseudo_huber_bin_loss", "smooth_ece_loss",
            "calibration_loss", "LOSS_FORMS"]
 
 LOSS_FORMS = ("sample", "bin")
-
-
-def _check_beta(beta) -> None:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta: expected a finite number > 0 (the pseudo-Huber smoothing), got {beta!r}")
 
 
 def top_label_confidence(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -48,7 +43,7 @@ def pseudo_huber_sample_loss(confidence: Tensor, correct: Tensor, beta: float = 
     An empty batch (n = 0) gives 0 (a zero tensor that still depends on ``confidence``, so backward works and the
     gradient is zero): there is nothing to calibrate, and the mean of nothing is not taken.
     """
-    _check_beta(beta)
+    check_number("beta", beta, low=0, low_open=True, hint="the pseudo-Huber smoothing")
     if confidence.numel() == 0:
         return confidence.sum() * 0
     return torch.sqrt((confidence - correct) ** 2 + beta).mean()
@@ -62,7 +57,7 @@ def pseudo_huber_bin_loss(confidence: Tensor, correct: Tensor, beta: float = 1e-
     give the single term sqrt((conf − acc)² + β); an empty batch gives 0 as :func:`pseudo_huber_sample_loss` does.
     With exactly one sample per non-empty bin the two forms are equal.
     """
-    _check_beta(beta)
+    check_number("beta", beta, low=0, low_open=True, hint="the pseudo-Huber smoothing")
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise ValueError(f"num_bins: expected a positive integer, got {num_bins!r}")
     n = confidence.numel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -12,10 +11,16 @@ __all__ = ["dashed", "device_or_fail", "finite", "overwrite_option", "refuse_exi
            "writable_or_fail"]
 
 
-def finite(ctx, param, value):
-    """click callback: a finite number (nan and ±inf pass click's FloatRange)."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
+def finite(ctx, param, value, *, low: float | None = None, hint: str = ""):
+    """click callback: a finite number (nan and ±inf pass click's FloatRange) — :func:`diffguide.config.check_number`
+    as a click error; ``functools.partial(finite, low=0)`` adds a lower bound."""
+    from ..config import check_number
+
+    if value is not None:
+        try:
+            check_number("value", value, low=low, hint=hint)
+        except ValueError as err:
+            raise click.BadParameter(str(err).removeprefix("value: "), ctx=ctx, param=param) from None
     return value
 
 

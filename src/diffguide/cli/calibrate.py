@@ -47,7 +47,7 @@ def load_split(source: str, split: str | None, limit: int | None, classifier=Non
 def check_calibrate_folder(out: Path, record: dict) -> None:
     """Refuse ``out`` unless it is empty or a calibrate run of the same classifier, data and settings (only steps
     and checkpoint_every may change): the one resumable-settings check, made before anything is written."""
-    from diffguide.calibration import CalibrationConfig
+    from diffguide.train.calibrate import CalibrationConfig
     from diffguide.io import check_same_settings
 
     if not out.exists() or not any(out.iterdir()):
@@ -62,7 +62,7 @@ def check_calibrate_folder(out: Path, record: dict) -> None:
         raise click.ClickException(f"--out: {source} is not readable JSON ({err}); choose another --out") from None
     try:
         check_same_settings(saved, record, where=f"the calibrate run in {out}",
-                            ignore=CalibrationConfig._RESUMABLE + ("train_images", "eval_images"),
+                            ignore=CalibrationConfig.RESUMABLE + ("train_images", "eval_images"),
                             hint="only --steps and --checkpoint-every may change; use another --out")
     except ValueError as err:
         raise click.ClickException(f"--out: {err}") from None
@@ -113,8 +113,11 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
 
     The classifier stays in eval mode (frozen batch-norm statistics); all its parameters are trained. The weights
     (classifier.safetensors) load back with `diffguide eval-classifier --classifier OUT/classifier.safetensors`, or,
-    for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`."""
-    from diffguide.calibration import CalibrationConfig, SeededBatches, finetune_calibration
+    for a noise-aware folder, `--classifier FOLDER --weights OUT/classifier.safetensors --noise-aware`; a noise-aware
+    classifier is also written as the network folder OUT/model (config.json + model.safetensors, e.g. for
+    `diffguide sample --classifier OUT/model`)."""
+    from diffguide.calibration import EpochBatches
+    from diffguide.train.calibrate import CalibrationConfig, finetune_calibration
     from diffguide.classifiers import noise_settings
     from diffguide.data import to_model_range
     from diffguide.io import atomic_write_text, clean_stale_temporaries
@@ -145,8 +148,8 @@ def command(classifier_path, data, out_dir, train_split, eval_split, train_limit
     train_images, train_labels = load_split(data, train_split, train_limit, model)
     eval_images, eval_labels = load_split(data, eval_split, eval_limit, model)
     try:
-        train = SeededBatches(train_images, train_labels, batch_size, seed=seed, convert=to_model_range)
-        evaluation = SeededBatches(eval_images, eval_labels, eval_batch_size, shuffle=False, convert=to_model_range)
+        train = EpochBatches(train_images, train_labels, batch_size, seed=seed, convert=to_model_range)
+        evaluation = EpochBatches(eval_images, eval_labels, eval_batch_size, shuffle=False, convert=to_model_range)
     except (ValueError, FileNotFoundError) as err:
         raise click.BadParameter(str(err), param_hint="--data") from None
     source.update(train_images=int(len(train_labels)), eval_images=int(len(eval_labels)))

@@ -57,7 +57,7 @@ def command(classifier_path, weights, data, split, limit, batch_size, num_bins, 
             device, out_dir, no_progress, overwrite):
     """Calibration of a classifier on a labelled dataset: accuracy, binned ECE, smECE, NLL, a reliability diagram
     and, with --noise-aware, ECE_t (per-timestep accuracy, confidence and ECE on noised inputs)."""
-    from diffguide.calibration import (SeededBatches, evaluate_calibration, plot_ece_over_timesteps,
+    from diffguide.calibration import (EpochBatches, evaluate_calibration, plot_ece_over_timesteps,
                                        plot_reliability_diagram)
     from diffguide.calibration.metrics import ReliabilityBins
     from diffguide.data import to_model_range
@@ -78,7 +78,7 @@ def command(classifier_path, weights, data, split, limit, batch_size, num_bins, 
     noise_schedule = NoiseSchedule.create(noise["schedule"], num_train_timesteps=noise["num_train_timesteps"]) \
         if noise is not None else NoiseSchedule.create(schedule)
     try:
-        batches = SeededBatches(images, labels, batch_size, shuffle=False, convert=to_model_range)
+        batches = EpochBatches(images, labels, batch_size, shuffle=False, convert=to_model_range)
         report = evaluate_calibration(model, batches, noise_aware=noise_aware,
                                       schedule=noise_schedule if noise_aware else None,
                                       timesteps=timesteps, num_bins=num_bins, seed=seed,

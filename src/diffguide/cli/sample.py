@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import math
 import time
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import click
 from ..guidance.rules import RULES
 from ..guidance.schedules import SCHEDULES
 from ..samplers import SAMPLERS
+from ._common import finite
 
 
 def _key_values(ctx, param, values) -> dict:
@@ -29,17 +30,8 @@ def _key_values(ctx, param, values) -> dict:
     return out
 
 
-def _finite(ctx, param, value):
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
-    return value
-
-
-def _softplus_beta(ctx, param, value):
-    if value is not None and (not math.isfinite(value) or value < 0):
-        raise click.BadParameter(f"expected a finite number > 0 (or 0 to keep the ReLUs), got {value}", ctx=ctx,
-                                 param=param)
-    return value
+_finite = finite
+_softplus_beta = functools.partial(finite, low=0, hint="or 0 to keep the ReLUs")
 
 
 X0_KINDS = ("cifar-resnet:", "torchvision:")
@@ -79,7 +71,8 @@ def _x0_classifier(ctx, param, value):
                    "(ADM's ancestral μ += Σ·s·g; ddpm) or 'elucd' (EluCD's μ += (Σ + a_i)·s·g; ddpm).")
 @click.option("--rule-param", "rule_params", multiple=True, callback=_key_values, metavar="KEY=VALUE",
               help="Rule parameter, repeatable: gamma=0.3, max_variance=per_sample|elucd (rule 'elucd').")
-@click.option("--no-clip", "clip_x0", flag_value=False, default=True, help="Do not clip x̂0 to [-1, 1].")
+@click.option("--no-clip", "clip_x0", flag_value=False, default=None,
+              help="Do not clip x̂0 to [-1, 1] (default: as the checkpoint's config says; on for images).")
 @click.option("--classifier", default=None,
               help="Noise-aware classifier on x_t (ADM-G): a diffguide folder or an ADM .pt with --classifier-preset.")
 @click.option("--classifier-preset", default=None, help="Preset of a .pt --classifier (e.g. imagenet128-classifier).")

@@ -4,11 +4,12 @@ the CFG-aligned loss; resumable, data-parallel under torchrun."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import click
+
+from ._common import finite
 
 __all__ = ["command", "run_options", "apply_options", "check_run_folder", "load_json_option", "read_json_file"]
 
@@ -74,10 +75,7 @@ def load_json_option(ctx, param, value):
     return data
 
 
-def _finite(ctx, param, value):
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"expected a finite number, got {value}", ctx=ctx, param=param)
-    return value
+_finite = finite
 
 
 def check_run_folder(out_dir, device) -> str:
@@ -222,18 +220,30 @@ def command(**values):
     Several GPUs: torchrun --nproc_per_node N -m diffguide.cli.train ... (or `diffguide train` under torchrun)."""
     from diffguide.train import TrainConfig, train
 
+    def unconditional(config):
+        if not values["unconditional"]:
+            return config
+        data = config.to_dict()
+        data["net"]["class_conditional"] = False
+        return TrainConfig.from_dict(data)
+
+    run_training(train, TrainConfig, values, {**RUN_FIELDS, **TRAIN_FIELDS}, unconditional)
+
+
+def run_training(entry, config_type, values: dict, fields: dict, adjust=None) -> dict:
+    """What ``train`` and ``train-classifier`` share: the config from the flags (``adjust``-ed), the run folder checked,
+    ``entry(config, out_dir, ...)`` run, any error as a one-line message naming the flag, the summary printed."""
     try:
-        config = apply_options(TrainConfig, values.pop("config_file"), values, {**RUN_FIELDS, **TRAIN_FIELDS})
-        if values["unconditional"]:
-            data = config.to_dict()
-            data["net"]["class_conditional"] = False
-            config = TrainConfig.from_dict(data)
+        config = apply_options(config_type, values.pop("config_file"), values, fields)
+        if adjust is not None:
+            config = adjust(config)
         device = check_run_folder(values["out_dir"], values["device"])
-        summary = train(config, values["out_dir"], device=device, progress=values["progress"],
+        summary = entry(config, values["out_dir"], device=device, progress=values["progress"],
                         time_limit_s=values["time_limit"], fast=False if values["eager"] else None)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(err, {**RUN_FIELDS, **TRAIN_FIELDS})
+        _fail(err, fields)
     print_train_summary(summary)
+    return summary
 
 
 def print_train_summary(summary: dict) -> None:

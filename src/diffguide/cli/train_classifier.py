@@ -7,7 +7,7 @@ import os
 
 import click
 
-from .train import RUN_FIELDS, _fail, _finite, apply_options, check_run_folder, print_train_summary, run_options
+from .train import RUN_FIELDS, _finite, run_options, run_training
 
 __all__ = ["command"]
 
@@ -46,15 +46,7 @@ def command(**values):
     summary.json to --out."""
     from diffguide.train import ClassifierTrainConfig, train_classifier
 
-    try:
-        config = apply_options(ClassifierTrainConfig, values.pop("config_file"), values,
-                               {**RUN_FIELDS, **CLASSIFIER_FIELDS})
-        device = check_run_folder(values["out_dir"], values["device"])
-        summary = train_classifier(config, values["out_dir"], device=device, progress=values["progress"],
-                                   time_limit_s=values["time_limit"], fast=False if values["eager"] else None)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(err, {**RUN_FIELDS, **CLASSIFIER_FIELDS})
-    print_train_summary(summary)
+    summary = run_training(train_classifier, ClassifierTrainConfig, values, {**RUN_FIELDS, **CLASSIFIER_FIELDS})
     report = summary.get("report")
     if report and int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"\nper noise level ({report['ece_t'][0]['n']} images each):")

@@ -199,15 +199,22 @@ class DiffusersConfig:
     kind: str = "diffusers UNet2DModel"
     preset: str | None = None
     extra: dict = field(default_factory=dict)
+    clip_x0: bool = True
+    """the default of :meth:`denoiser`'s ``clip_x0`` (x̂0 is clipped only where the scheduler's clip_sample says so)."""
+
+    @property
+    def null_label(self) -> int | None:
+        return self.extra.get("null_label")
 
     def noise_schedule(self, spacing: str | int | list[int] | None = None) -> NoiseSchedule:
         """See :meth:`SchedulerMapping.schedule`: an integer N is diffusers' ``set_timesteps(N)``."""
         return self.mapping.schedule(spacing)
 
     def denoiser(self, net, spacing: str | int | list[int] | None = None, *, variance: str | None = None,
-                 clip_x0: bool = True) -> Denoiser:
+                 clip_x0: bool | None = None) -> Denoiser:
         """A :class:`~diffguide.adapter.Denoiser` with the scheduler's variance type; x̂0 is clipped when both
         ``clip_x0`` and the scheduler's ``clip_sample`` say so."""
+        clip_x0 = self.clip_x0 if clip_x0 is None else clip_x0
         return Denoiser(net, self.noise_schedule(spacing), variance=variance or self.mapping.variance,
                         clip_x0=bool(clip_x0 and self.mapping.clip_sample), num_classes=self.kwargs["num_classes"])
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from ..config import check_number
 from .schedules import Constant, as_weights
 from .step import GuidanceStep
 
-__all__ = ["ClassifierFree", "cfg_output"]
+__all__ = ["ClassifierFree", "cfg_output", "guided_eps"]
+
+
+def guided_eps(eps_cond: Tensor, eps_null: Tensor, w: float | Tensor) -> Tensor:
+    """ε̃ = (1 + w)·ε(x_t, c) − w·ε(x_t, ∅) — the one CFG formula, of the sampler and of the aligned training loss."""
+    return (1 + w) * eps_cond - w * eps_null
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,7 @@ class ClassifierFree:
             raise ValueError("ClassifierFree: give exactly one of w (ε̃ = (1+w)ε_c − wε_∅) or guidance_scale (s = 1 + w)")
         value = self.w if self.w is not None else self.guidance_scale
         name = "w" if self.w is not None else "guidance_scale"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"ClassifierFree.{name}: expected a finite number, got {value!r}")
+        check_number(f"ClassifierFree.{name}", value)
         if self.null_label is not None and (isinstance(self.null_label, bool) or not isinstance(self.null_label, int)):
             raise ValueError(f"ClassifierFree.null_label: expected an integer label or None, got {self.null_label!r}")
         if not callable(self.schedule):
@@ -53,7 +57,7 @@ class ClassifierFree:
         w = self.weight if weight is None else weight
         if isinstance(w, Tensor):
             w = w.reshape(-1, *([1] * (eps_cond.ndim - 1)))
-        return (1 + w) * eps_cond - w * eps_uncond
+        return guided_eps(eps_cond, eps_uncond, w)
 
 
 def cfg_output(denoiser, x: Tensor, i: int, labels: Tensor | None, cfg: ClassifierFree,

@@ -11,7 +11,6 @@ extension.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from ..config import check_number
 from .cfg import ClassifierFree
 from .objectives import LogLikelihood, make_objective
 from .rules import make_rule
@@ -77,12 +77,9 @@ class ClassifierGuidance:
                             f"{self.classifier!r:.60}; load it first (e.g. diffguide.api.load_guidance_classifier)")
         if self.on not in ("x_t", "x0"):
             raise ValueError(f"on: expected 'x_t' (noise-aware classifier) or 'x0' (off-the-shelf on x̂0), got {self.on!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
-            raise ValueError(f"scale: expected a finite number, got {self.scale!r}")
-        beta = self.softplus_beta
-        if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta)
-                                 or beta <= 0):
-            raise ValueError(f"softplus_beta: expected a finite number > 0 (or None to keep ReLUs), got {beta!r}")
+        check_number("scale", self.scale)
+        if self.softplus_beta is not None:
+            check_number("softplus_beta", self.softplus_beta, low=0, low_open=True, hint="or None to keep ReLUs")
         if isinstance(self.objective, str):
             self.objective = make_objective(self.objective)
         elif self.objective is not None and not callable(self.objective):

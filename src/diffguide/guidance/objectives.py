@@ -26,6 +26,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..config import check_number
+
 __all__ = [
     "DIVERGENCES", "EntropyRegularized", "FDivergence", "LAMBDA_RULES", "LogLikelihood", "OBJECTIVES", "Tilted",
     "check_logits", "confidence_adaptive_lambda", "entropy", "forward_kl", "inverse_entropy_lambda", "jensen_shannon",
@@ -53,20 +55,9 @@ def check_logits(logits: Tensor, labels: Tensor) -> None:
         raise ValueError(f"logits: non-finite values for samples {bad[:8]}")
 
 
-def _check_number(name: str, value, *, low: float | None = None, low_open: bool = False,
-                  high: float | None = None) -> None:
-    """A finite real number (not a bool) within [low, high] (``low_open``: (low, high])."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name}: expected a number {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name}: expected a number <= {high}, got {value!r}")
-
-
 def _check_temperatures(tau1, tau2) -> None:
-    _check_number("tau1", tau1, low=0)
-    _check_number("tau2", tau2, low=0)
+    check_number("tau1", tau1, low=0)
+    check_number("tau2", tau2, low=0)
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -167,7 +158,7 @@ class Tilted(_Temperatures):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_number("t_tilde", self.t_tilde)
+        check_number("t_tilde", self.t_tilde)
         if not isinstance(self.times_batch_size, bool):
             raise ValueError(f"times_batch_size: expected True or False, got {self.times_batch_size!r}")
 
@@ -263,7 +254,7 @@ class EntropyRegularized(_Temperatures):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_number("lambda0", self.lambda0, low=0.0)
+        check_number("lambda0", self.lambda0, low=0.0)
         _check_choice("rule", self.rule, LAMBDA_RULES)
 
     def lambdas(self, entropies: Tensor, num_classes: int, step=None) -> Tensor | float:
@@ -362,8 +353,8 @@ class FDivergence(_Temperatures):
     def __post_init__(self):
         super().__post_init__()
         _check_choice("divergence", self.divergence, DIVERGENCES)
-        _check_number("alpha", self.alpha, low=0.0)
-        _check_number("epsilon", self.epsilon, low=0.0, low_open=True, high=1.0)
+        check_number("alpha", self.alpha, low=0.0)
+        check_number("epsilon", self.epsilon, low=0.0, low_open=True, high=1.0)
         if self.divergence == "forward_kl" and self.epsilon == 1:
             raise ValueError("epsilon: forward KL needs epsilon < 1 (at epsilon = 1 the target q_y has zeros and "
                              "KL(p‖q_y) is infinite)")
@@ -414,7 +405,7 @@ def make_objective(name: str, **params):
         if "tau2" in params:
             raise ValueError("discount, tau2: give τ2 either as a ratio (discount: τ2 = τ1·discount) or as tau2")
         discount = params.pop("discount")
-        _check_number("discount", discount, low=0)
+        check_number("discount", discount, low=0)
         params["tau2"] = params.get("tau1", 1.0) * discount
     unknown = sorted(set(params) - set(accepted))
     if unknown:

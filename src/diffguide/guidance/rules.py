@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..adapter import Prediction
+from ..config import check_number
 from ..schedule import eps_to_x0, x0_to_eps
 
 __all__ = ["ScoreShift", "MeanShift", "EluCDMeanShift", "RULES", "make_rule", "MAX_VARIANCE_RULES"]
@@ -80,8 +81,7 @@ class EluCDMeanShift:
     shifts_mean = True
 
     def __post_init__(self):
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not math.isfinite(self.gamma):
-            raise ValueError(f"gamma: expected a finite number, got {self.gamma!r}")
+        check_number("gamma", self.gamma)
         if self.max_variance not in MAX_VARIANCE_RULES:
             raise ValueError(f"max_variance: expected one of {list(MAX_VARIANCE_RULES)}, got {self.max_variance!r}")
 

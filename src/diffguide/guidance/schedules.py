@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..config import check_number
 from .step import GuidanceStep
 
 __all__ = ["Constant", "SineBump", "Interval", "make_schedule", "SCHEDULES"]
@@ -39,7 +40,7 @@ class SineBump:
     gamma: float = 0.3
 
     def __post_init__(self):
-        _check_finite("gamma", self.gamma)
+        check_number("gamma", self.gamma)
 
     def __call__(self, step: GuidanceStep) -> Tensor:
         return 1 + self.gamma * torch.sin(math.pi * step.noise_level).clamp_min(0).to(step.x_t.dtype)
@@ -55,8 +56,8 @@ class Interval:
     inner: object = Constant()
 
     def __post_init__(self):
-        _check_finite("start", self.start)
-        _check_finite("stop", self.stop)
+        check_number("start", self.start)
+        check_number("stop", self.stop)
         if not (0.0 <= self.start <= self.stop <= 1.0):
             raise ValueError(f"Interval: expected 0 <= start <= stop <= 1, got start={self.start}, stop={self.stop}")
 
@@ -71,11 +72,6 @@ def as_weights(weight, step: GuidanceStep) -> Tensor:
     if isinstance(weight, Tensor):
         return weight.to(step.x_t.dtype).reshape(-1).expand(step.x_t.shape[0])
     return torch.full((step.x_t.shape[0],), float(weight), dtype=step.x_t.dtype, device=step.x_t.device)
-
-
-def _check_finite(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value!r}")
 
 
 SCHEDULES = {"constant": Constant, "sine": SineBump, "interval": Interval}

@@ -34,9 +34,3 @@ class GuidanceStep:
         """u = t/T [B] — THE time axis of every guidance schedule: the original timestep over the number of training
         timesteps, ≈ 1 at pure noise, 0 at the clean end; the same at any number of sampler steps."""
         return self.t.to(torch.float64) / self.num_train_timesteps
-
-    @property
-    def fraction(self) -> float:
-        """i / T′ — the respaced index over the number of sampler steps (EluCD's axis; used only where EluCD's own
-        rule is reproduced). Equals :attr:`noise_level` on the full grid and on DDIM's stride grids."""
-        return self.i / self.num_steps

@@ -13,7 +13,7 @@ from torch import nn
 
 from .adm import EncoderUNetModel, UNetModel
 from .cifar_resnet import CifarResNet
-from .presets import PRESETS, Preset, build_preset, matching_presets
+from .presets import PRESETS, Preset, matching_presets
 
 NETWORKS: dict[str, str | type] = {
     "UNetModel": "diffguide.nets.adm:UNetModel",
@@ -56,6 +56,6 @@ def network_kind(net: nn.Module) -> str:
 
 
 __all__ = [
-    "CifarResNet", "EncoderUNetModel", "NETWORKS", "PRESETS", "Preset", "UNetModel", "build_preset",
+    "CifarResNet", "EncoderUNetModel", "NETWORKS", "PRESETS", "Preset", "UNetModel",
     "matching_presets", "network_class", "network_kind", "register_network",
 ]

@@ -8,6 +8,7 @@ checkpointing; run in bf16/fp16 with ``torch.autocast``). Attention runs through
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Iterable, Sequence
 
@@ -210,7 +211,9 @@ class AttentionPool2d(nn.Module):
         return self.c_proj(x)[:, :, 0]
 
 
-def _check_config(image_size, in_channels, model_channels, num_res_blocks, channel_mult, dims) -> None:
+def _checked_config(image_size, in_channels, model_channels, num_res_blocks, channel_mult, dims,
+                    attention_resolutions) -> tuple[tuple, tuple]:
+    """The shared argument checks of both ADM networks; returns (attention_resolutions, channel_mult) as tuples."""
     for name, value in (("image_size", image_size), ("in_channels", in_channels),
                         ("model_channels", model_channels), ("num_res_blocks", num_res_blocks)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -219,6 +222,8 @@ def _check_config(image_size, in_channels, model_channels, num_res_blocks, chann
         raise ValueError("channel_mult: expected a non-empty sequence of multipliers, e.g. (1, 2, 3, 4)")
     if dims != 2:
         raise ValueError(f"dims: only 2-D images are supported, got dims={dims!r}")
+    return (tuple(int(r) for r in _as_tuple(attention_resolutions, "attention_resolutions")),
+            _as_tuple(channel_mult, "channel_mult"))
 
 
 class _ADMTrunk(nn.Module):
@@ -226,7 +231,9 @@ class _ADMTrunk(nn.Module):
 
     def _build_trunk(self, *, in_channels, model_channels, num_res_blocks, attention_resolutions, dropout,
                      channel_mult, conv_resample, num_heads, num_head_channels, use_scale_shift_norm,
-                     resblock_updown, use_new_attention_order):
+                     resblock_updown, use_new_attention_order, **head):
+        """The trunk from the network's ``config`` (``head``: the arguments only the head or the UNet's up path
+        read)."""
         emb_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         attention = dict(num_heads=num_heads, num_head_channels=num_head_channels,
@@ -278,6 +285,13 @@ class _ADMTrunk(nn.Module):
         return self.time_embed(emb.to(self.time_embed[0].weight.dtype))
 
 
+def _constructor_config(cls: type, values: dict) -> dict:
+    """``cls``'s constructor arguments taken from ``values`` (the constructor's ``locals()``), tuples as lists: the
+    ``config`` dict that rebuilds the network (``cls(**config)``, saved in checkpoints)."""
+    names = [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+    return {name: list(values[name]) if isinstance(values[name], tuple) else values[name] for name in names}
+
+
 def _as_tuple(values: Iterable, name: str) -> tuple:
     try:
         return tuple(values)
@@ -301,25 +315,12 @@ class UNetModel(_ADMTrunk):
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False,
                  use_new_attention_order: bool = False):
         super().__init__()
-        _check_config(image_size, in_channels, model_channels, num_res_blocks, channel_mult, dims)
-        attention_resolutions = tuple(int(r) for r in _as_tuple(attention_resolutions, "attention_resolutions"))
-        channel_mult = _as_tuple(channel_mult, "channel_mult")
-        self.config = dict(
-            image_size=image_size, in_channels=in_channels, model_channels=model_channels, out_channels=out_channels,
-            num_res_blocks=num_res_blocks, attention_resolutions=list(attention_resolutions), dropout=dropout,
-            channel_mult=list(channel_mult), conv_resample=conv_resample, dims=dims, num_classes=num_classes,
-            use_checkpoint=use_checkpoint, use_fp16=use_fp16, num_heads=num_heads,
-            num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
-            use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
-            use_new_attention_order=use_new_attention_order)
+        attention_resolutions, channel_mult = _checked_config(image_size, in_channels, model_channels, num_res_blocks,
+                                                              channel_mult, dims, attention_resolutions)
+        self.config = _constructor_config(UNetModel, locals())
         self.num_classes = num_classes
         heads_up = num_heads if num_heads_upsample == -1 else num_heads_upsample
-        chans, ch, ds = self._build_trunk(
-            in_channels=in_channels, model_channels=model_channels, num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions, dropout=dropout, channel_mult=channel_mult,
-            conv_resample=conv_resample, num_heads=num_heads, num_head_channels=num_head_channels,
-            use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
-            use_new_attention_order=use_new_attention_order)
+        chans, ch, ds = self._build_trunk(**self.config)
         emb_dim = model_channels * 4
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, emb_dim)
@@ -383,27 +384,15 @@ class EncoderUNetModel(_ADMTrunk):
                  num_head_channels: int = -1, num_heads_upsample: int = -1, use_scale_shift_norm: bool = False,
                  resblock_updown: bool = False, use_new_attention_order: bool = False, pool: str = "adaptive"):
         super().__init__()
-        _check_config(image_size, in_channels, model_channels, num_res_blocks, channel_mult, dims)
+        attention_resolutions, channel_mult = _checked_config(image_size, in_channels, model_channels, num_res_blocks,
+                                                              channel_mult, dims, attention_resolutions)
         if pool not in self.POOLS:
             raise ValueError(f"pool: expected one of {self.POOLS}, got {pool!r}")
         if pool == "attention" and num_head_channels == -1:
             raise ValueError("num_head_channels: pool='attention' needs a positive num_head_channels (e.g. 64)")
-        attention_resolutions = tuple(int(r) for r in _as_tuple(attention_resolutions, "attention_resolutions"))
-        channel_mult = _as_tuple(channel_mult, "channel_mult")
-        self.config = dict(
-            image_size=image_size, in_channels=in_channels, model_channels=model_channels, out_channels=out_channels,
-            num_res_blocks=num_res_blocks, attention_resolutions=list(attention_resolutions), dropout=dropout,
-            channel_mult=list(channel_mult), conv_resample=conv_resample, dims=dims, use_checkpoint=use_checkpoint,
-            use_fp16=use_fp16, num_heads=num_heads, num_head_channels=num_head_channels,
-            num_heads_upsample=num_heads_upsample, use_scale_shift_norm=use_scale_shift_norm,
-            resblock_updown=resblock_updown, use_new_attention_order=use_new_attention_order, pool=pool)
+        self.config = _constructor_config(EncoderUNetModel, locals())
         self.pool = pool
-        chans, ch, ds = self._build_trunk(
-            in_channels=in_channels, model_channels=model_channels, num_res_blocks=num_res_blocks,
-            attention_resolutions=attention_resolutions, dropout=dropout, channel_mult=channel_mult,
-            conv_resample=conv_resample, num_heads=num_heads, num_head_channels=num_head_channels,
-            use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
-            use_new_attention_order=use_new_attention_order)
+        chans, ch, ds = self._build_trunk(**self.config)
         feature_size = sum(chans) + ch
         if pool == "adaptive":
             self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),

@@ -14,9 +14,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 import torch
-from torch import nn
 
-__all__ = ["Preset", "PRESETS", "build_preset", "preset_shapes", "matching_presets", "state_dict_diff",
+__all__ = ["Preset", "PRESETS", "preset_shapes", "matching_presets", "state_dict_diff",
            "StateDictDiff", "strip_prefix"]
 
 
@@ -107,14 +106,6 @@ def _preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
     return PRESETS[name]
-
-
-def build_preset(name: str) -> nn.Module:
-    """The network of preset ``name`` with freshly initialised weights, in eval mode."""
-    from . import network_class
-
-    preset = _preset(name)
-    return network_class(preset.kind)(**preset.kwargs).eval()
 
 
 @lru_cache(maxsize=None)

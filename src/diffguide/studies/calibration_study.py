@@ -27,11 +27,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from diffguide.calibration import (CalibrationConfig, SeededBatches, evaluate_calibration, finetune_calibration,
-                                   plot_reliability_diagram)
+from diffguide.calibration import EpochBatches, evaluate_calibration, plot_reliability_diagram
 from diffguide.calibration.metrics import ReliabilityBins
 from diffguide.guidance import ClassifierGuidance, Constant, Guidance, make_objective
 from diffguide.nets.adm import timestep_embedding
+from diffguide.train.calibrate import CalibrationConfig, finetune_calibration
 from diffguide.toy import ExactEps, ExactNoisyClassifier, GaussianMixture, exact_distance_spread, study_mixture
 
 from .calibration_report import evaluate_claims, markdown
@@ -106,8 +106,8 @@ def train_arms(mixture: GaussianMixture, settings: Settings, seed: int, progress
     x_test, y_test = mixture.sample(settings.test_points, generator=g)
     if x_train.abs().max() > 1 or x_test.abs().max() > 1:
         raise ValueError("calibration mixture: a sample left [-1, 1]; the routine needs model-range inputs")
-    train = SeededBatches(x_train.float(), y_train, settings.batch_size, seed=seed)
-    test = SeededBatches(x_test.float(), y_test, 1000, shuffle=False)
+    train = EpochBatches(x_train.float(), y_train, settings.batch_size, seed=seed)
+    test = EpochBatches(x_test.float(), y_test, 1000, shuffle=False)
     torch.manual_seed(seed)
     base = NoisyMLPClassifier(mixture.dim, mixture.num_classes, settings.hidden)
     timesteps = list(settings.eval_timesteps) if settings.eval_timesteps else None

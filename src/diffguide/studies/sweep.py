@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from diffguide.adapter import Denoiser
-from diffguide.noise import SeededNoise
+from diffguide.noise import DrawnNoise, SeededNoise
 from diffguide.samplers import ddpm
 from diffguide.schedule import NoiseSchedule
 from diffguide.toy import GaussianMixture
@@ -94,7 +94,7 @@ class RecordingSchedule:
         return self.last
 
 
-class BlockNoise:
+class BlockNoise(DrawnNoise):
     """The noise of ``blocks`` blocks, block k drawing the per-sample streams of seed ``block_seeds[k]``; the draws
     of each seed are made once (``SeededNoise(seed, range(n))``) and shared by every block of that seed."""
 
@@ -105,12 +105,6 @@ class BlockNoise:
         out = torch.cat([self.draws[s][self.k] for s in self.block_seeds])
         self.k += 1
         return out
-
-    def initial(self) -> Tensor:
-        return self._next()
-
-    def step(self, i: int) -> Tensor:
-        return self._next()
 
 
 def seed_draws(seeds, n: int, dim: int, steps: int) -> dict[int, list[Tensor]]:

@@ -9,14 +9,16 @@ from torch import Tensor
 
 from ..data import check_uint8_images, load_dataset, to_model_range
 from ..io import spread_indices
+from ..noise import EPOCH_SALT, derived_seed
 
-__all__ = ["ImageBatches"]
+__all__ = ["StepBatches"]
 
 
 # ----------------------------------------------------------------------------------------------- data
 
-class ImageBatches:
-    """Mini-batches of an in-memory uint8 NHWC image set, as float NCHW in [−1, 1] on ``device``.
+class StepBatches:
+    """Mini-batches of an in-memory uint8 NHWC image set addressed by training step (``batch(step)``), as float NCHW in
+    [−1, 1] on ``device`` (an epoch iterable for calibration: :class:`diffguide.calibration.EpochBatches`).
 
     Global batch k of epoch e = positions [k·B, (k+1)·B) of a permutation seeded by (seed, e) (the last partial batch
     of an epoch is dropped); process r of W takes its B/W slice. Step s is batch s mod (N // B) of epoch s // (N // B),
@@ -40,8 +42,7 @@ class ImageBatches:
 
     def order(self, epoch: int) -> Tensor:
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, 0xDA7A, epoch])
-                                                          .generate_state(1, np.uint64)[0] >> np.uint64(1)))
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, EPOCH_SALT, epoch))
             order = torch.randperm(len(self.images), generator=generator)
             self._order, self._epoch = order.to(self.device), epoch  # one copy per epoch, none per step
         return self._order

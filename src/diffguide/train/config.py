@@ -6,11 +6,10 @@ run, how often to log / checkpoint / draw samples) may change between the start 
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
-from typing import Any
+
+from ..config import Config, check_choice, check_integer, check_number, check_timesteps
 
 __all__ = ["check_time_limit", "DataConfig", "NetConfig", "LossConfig", "OptimConfig", "TrainConfig", "ClassifierTrainConfig",
            "config_differences", "LOSS_KINDS", "DIFFUSION_ARCHS", "CLASSIFIER_ARCHS"]
@@ -18,64 +17,18 @@ __all__ = ["check_time_limit", "DataConfig", "NetConfig", "LossConfig", "OptimCo
 LOSS_KINDS = ("standard", "aligned")
 DIFFUSION_ARCHS = ("small_unet", "adm_unet")
 CLASSIFIER_ARCHS = ("small_classifier", "adm_classifier")
-
-
-def _number(owner: str, name: str, value, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{owner}.{name}: expected a finite number, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{owner}.{name}: expected a number {'>' if low_open else '≥'} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{owner}.{name}: expected a number ≤ {high}, got {value!r}")
-
-
-def _integer(owner: str, name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{owner}.{name}: expected an integer ≥ {minimum}, got {value!r}")
-
-
-def _choice(owner: str, name: str, value, options) -> None:
-    if value not in options:
-        raise ValueError(f"{owner}.{name}: expected one of {list(options)}, got {value!r}")
+SMALL_FIELDS = ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout")
+"""NetConfig fields of the small presets (ignored by the ADM architectures, which take ``adm_kwargs``)."""
 
 
 def check_time_limit(time_limit_s) -> None:
     """A ValueError unless ``time_limit_s`` is None or a finite number of seconds > 0 (nan would never trigger)."""
     if time_limit_s is not None:
-        _number("train", "time_limit_s", time_limit_s, low=0, low_open=True)
-
-
-class _Config:
-    """JSON round trip for (nested) config dataclasses: unknown keys are an error, nested dicts become dataclasses."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {unknown} (known: {sorted(fields)})")
-        values = {}
-        for name, value in data.items():
-            nested = _NESTED.get((cls.__name__, name))
-            values[name] = nested.from_dict(value) if nested is not None and isinstance(value, dict) else value
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> Any:
-        return cls.from_dict(json.loads(text))
+        check_number("time_limit_s", time_limit_s, low=0, low_open=True)
 
 
 @dataclass
-class DataConfig(_Config):
+class DataConfig(Config):
     """Where the images come from (read by :func:`diffguide.data.load_dataset`)."""
 
     source: str = ""
@@ -91,13 +44,13 @@ class DataConfig(_Config):
         if not isinstance(self.source, str):
             raise ValueError(f"DataConfig.source: expected a path string, got {self.source!r}")
         if self.limit is not None:
-            _integer("DataConfig", "limit", self.limit)
+            check_integer("DataConfig.limit", self.limit)
         if self.hflip not in (None, True, False):
             raise ValueError(f"DataConfig.hflip: expected true, false or null (automatic), got {self.hflip!r}")
 
 
 @dataclass
-class NetConfig(_Config):
+class NetConfig(Config):
     """The network. ``small_unet`` / ``small_classifier``: the presets of :mod:`diffguide.nets.small_unet` with the
     fields below; ``adm_unet``: ADM's UNet of any size from ``adm_kwargs`` (UNetModel's arguments) with the learned
     null label (a ``SmallUNet``); ``adm_classifier``: ADM's ``EncoderUNetModel`` from ``adm_kwargs``. Image size,
@@ -115,12 +68,12 @@ class NetConfig(_Config):
     adm_kwargs: dict | None = None
 
     def __post_init__(self):
-        _choice("NetConfig", "arch", self.arch, DIFFUSION_ARCHS + CLASSIFIER_ARCHS)
-        _integer("NetConfig", "model_channels", self.model_channels)
-        _integer("NetConfig", "num_res_blocks", self.num_res_blocks)
+        check_choice("NetConfig.arch", self.arch, DIFFUSION_ARCHS + CLASSIFIER_ARCHS)
+        check_integer("NetConfig.model_channels", self.model_channels)
+        check_integer("NetConfig.num_res_blocks", self.num_res_blocks)
         self.channel_mult = [int(m) for m in self.channel_mult]
         self.attention_resolutions = [int(r) for r in self.attention_resolutions]
-        _number("NetConfig", "dropout", self.dropout, low=0, high=1)
+        check_number("NetConfig.dropout", self.dropout, low=0, high=1)
         if self.dropout == 1:
             raise ValueError("NetConfig.dropout: expected a number in [0, 1) (1 drops every activation), got 1")
         if not self.channel_mult or any(m < 1 for m in self.channel_mult):
@@ -134,9 +87,18 @@ class NetConfig(_Config):
         if self.adm_kwargs is not None:
             self.adm_kwargs = json.loads(json.dumps(self.adm_kwargs))  # tuples -> lists: equal after a JSON round trip
 
+    def to_dict(self) -> dict:
+        """The fields of this architecture only: ``adm_kwargs`` for the ADM networks, the small preset's fields for
+        the small ones (so a released ``train_config.json`` never shows settings the network did not use);
+        ``class_conditional`` for diffusion networks only. Configs written with every field still read."""
+        data = super().to_dict()
+        unused = SMALL_FIELDS if self.arch.startswith("adm") else ("adm_kwargs",)
+        unused += ("class_conditional",) if self.arch in CLASSIFIER_ARCHS else ()
+        return {k: v for k, v in data.items() if k not in unused}
+
 
 @dataclass
-class LossConfig(_Config):
+class LossConfig(Config):
     """The diffusion loss (spec cfg-loss.md). ``standard``: L_std with label dropout; ``aligned``: L_ours, the guided
     combination at w_train regressed onto ε (optionally mixed: L_std + λ·L_ours)."""
 
@@ -153,17 +115,17 @@ class LossConfig(_Config):
     """None: L_ours alone; λ: L_std + λ·L_ours."""
 
     def __post_init__(self):
-        _choice("LossConfig", "kind", self.kind, LOSS_KINDS)
-        _number("LossConfig", "p_uncond", self.p_uncond, low=0, high=1)
-        _number("LossConfig", "w_train", self.w_train, low=0)
+        check_choice("LossConfig.kind", self.kind, LOSS_KINDS)
+        check_number("LossConfig.p_uncond", self.p_uncond, low=0, high=1)
+        check_number("LossConfig.w_train", self.w_train, low=0)
         if self.w_range is not None:
             if not isinstance(self.w_range, (list, tuple)) or len(self.w_range) != 2:
                 raise ValueError(f"LossConfig.w_range: expected [w_min, w_max], got {self.w_range!r}")
             self.w_range = [float(w) for w in self.w_range]
-            _number("LossConfig", "w_range[0] (w_min)", self.w_range[0], low=0)
-            _number("LossConfig", "w_range[1] (w_max)", self.w_range[1], low=self.w_range[0])
+            check_number("LossConfig.w_range[0] (w_min)", self.w_range[0], low=0)
+            check_number("LossConfig.w_range[1] (w_max)", self.w_range[1], low=self.w_range[0])
         if self.mix_lambda is not None:
-            _number("LossConfig", "mix_lambda", self.mix_lambda, low=0)
+            check_number("LossConfig.mix_lambda", self.mix_lambda, low=0)
         if not isinstance(self.stop_grad_null, bool):
             raise ValueError(f"LossConfig.stop_grad_null: expected true or false, got {self.stop_grad_null!r}")
         if self.kind == "aligned" and self.p_uncond == 0:
@@ -172,7 +134,7 @@ class LossConfig(_Config):
 
 
 @dataclass
-class OptimConfig(_Config):
+class OptimConfig(Config):
     """AdamW with linear warm-up, gradient clipping, EMA of the weights, bf16 autocast on GPU."""
 
     batch_size: int = 128
@@ -193,16 +155,16 @@ class OptimConfig(_Config):
     """bf16 autocast of the forward pass on CUDA (no effect on CPU)."""
 
     def __post_init__(self):
-        _integer("OptimConfig", "batch_size", self.batch_size)
-        _number("OptimConfig", "lr", self.lr, low=0, low_open=True)
-        _number("OptimConfig", "weight_decay", self.weight_decay, low=0)
+        check_integer("OptimConfig.batch_size", self.batch_size)
+        check_number("OptimConfig.lr", self.lr, low=0, low_open=True)
+        check_number("OptimConfig.weight_decay", self.weight_decay, low=0)
         self.betas = [float(b) for b in self.betas]
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"OptimConfig.betas: expected two numbers in [0, 1), got {self.betas!r}")
         if self.warmup_steps is not None:
-            _integer("OptimConfig", "warmup_steps", self.warmup_steps, minimum=0)
-        _number("OptimConfig", "grad_clip", self.grad_clip, low=0)
-        _number("OptimConfig", "ema_decay", self.ema_decay, low=0, high=1)
+            check_integer("OptimConfig.warmup_steps", self.warmup_steps, minimum=0)
+        check_number("OptimConfig.grad_clip", self.grad_clip, low=0)
+        check_number("OptimConfig.ema_decay", self.ema_decay, low=0, high=1)
         if self.ema_decay == 1:
             raise ValueError("OptimConfig.ema_decay: expected a number < 1 (1 would never move the EMA)")
 
@@ -215,7 +177,7 @@ class OptimConfig(_Config):
 
 
 @dataclass
-class _RunConfig(_Config):
+class _RunConfig(Config):
     data: DataConfig = field(default_factory=DataConfig)
     net: NetConfig = field(default_factory=NetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -230,16 +192,16 @@ class _RunConfig(_Config):
 
     def _check_run(self, archs) -> None:
         owner = type(self).__name__
-        _choice(owner, "net.arch", self.net.arch, archs)
-        _integer(owner, "steps", self.steps, minimum=0)
-        _choice(owner, "schedule", self.schedule, ("linear", "cosine"))
-        _integer(owner, "num_train_timesteps", self.num_train_timesteps, minimum=2)
+        check_choice(f"{owner}.net.arch", self.net.arch, archs)
+        check_integer(f"{owner}.steps", self.steps, minimum=0)
+        check_choice(f"{owner}.schedule", self.schedule, ("linear", "cosine"))
+        check_integer(f"{owner}.num_train_timesteps", self.num_train_timesteps, minimum=2)
         if self.schedule == "linear" and self.num_train_timesteps <= 20:
             raise ValueError(f"{owner}.num_train_timesteps: the linear schedule's largest β is 0.02·1000/T, which must "
                              f"be < 1, so T ≥ 21; got {self.num_train_timesteps} (or use the cosine schedule)")
-        _integer(owner, "seed", self.seed, minimum=0)
-        _integer(owner, "log_every", self.log_every)
-        _integer(owner, "checkpoint_every", self.checkpoint_every)
+        check_integer(f"{owner}.seed", self.seed, minimum=0)
+        check_integer(f"{owner}.log_every", self.log_every)
+        check_integer(f"{owner}.checkpoint_every", self.checkpoint_every)
 
 
 @dataclass
@@ -262,13 +224,13 @@ class TrainConfig(_RunConfig):
 
     def __post_init__(self):
         self._check_run(DIFFUSION_ARCHS)
-        _integer("TrainConfig", "sample_every", self.sample_every, minimum=0)
-        _number("TrainConfig", "sample_w", self.sample_w)
-        _integer("TrainConfig", "sample_steps", self.sample_steps)
+        check_integer("TrainConfig.sample_every", self.sample_every, minimum=0)
+        check_number("TrainConfig.sample_w", self.sample_w)
+        check_integer("TrainConfig.sample_steps", self.sample_steps)
         if self.sample_steps > self.num_train_timesteps:
             raise ValueError(f"TrainConfig.sample_steps: {self.sample_steps} sampling steps of a "
                              f"{self.num_train_timesteps}-step schedule; expected at most {self.num_train_timesteps}")
-        _integer("TrainConfig", "samples_per_class", self.samples_per_class)
+        check_integer("TrainConfig.samples_per_class", self.samples_per_class)
         if not self.net.class_conditional and self.loss.kind == "aligned":
             raise ValueError("LossConfig.kind: the aligned CFG loss needs a class-conditional network "
                              "(net.class_conditional = true)")
@@ -294,34 +256,17 @@ class ClassifierTrainConfig(_RunConfig):
 
     def __post_init__(self):
         self._check_run(CLASSIFIER_ARCHS)
-        _number("ClassifierTrainConfig", "ece_weight", self.ece_weight, low=0)
-        _choice("ClassifierTrainConfig", "ece_form", self.ece_form, ("sample", "bin"))
-        _number("ClassifierTrainConfig", "ece_beta", self.ece_beta, low=0, low_open=True)
+        check_number("ClassifierTrainConfig.ece_weight", self.ece_weight, low=0)
+        check_choice("ClassifierTrainConfig.ece_form", self.ece_form, ("sample", "bin"))
+        check_number("ClassifierTrainConfig.ece_beta", self.ece_beta, low=0, low_open=True)
         if self.eval_limit is not None:
-            _integer("ClassifierTrainConfig", "eval_limit", self.eval_limit)
+            check_integer("ClassifierTrainConfig.eval_limit", self.eval_limit)
         if self.eval_timesteps is not None:
-            self.eval_timesteps = [int(t) for t in self.eval_timesteps]
-            bad = [t for t in self.eval_timesteps if not 0 <= t < self.num_train_timesteps]
-            if bad or not self.eval_timesteps:
-                raise ValueError(f"ClassifierTrainConfig.eval_timesteps: expected timesteps in "
-                                 f"[0, {self.num_train_timesteps - 1}], got {self.eval_timesteps!r}")
-
-
-_NESTED = {(owner, name): kind for owner in ("TrainConfig", "ClassifierTrainConfig")
-           for name, kind in (("data", DataConfig), ("net", NetConfig), ("optim", OptimConfig), ("loss", LossConfig))}
+            self.eval_timesteps = check_timesteps("ClassifierTrainConfig.eval_timesteps", self.eval_timesteps,
+                                                  self.num_train_timesteps)
 
 
 def config_differences(saved: dict, current: _RunConfig) -> dict[str, tuple]:
-    """{field: (saved, current)} for every field that differs, ignoring the resumable ones (nested fields dotted)."""
-    now = current.to_dict()
-    changed = {}
-    for key in sorted(set(saved) | set(now)):
-        if key in type(current).RESUMABLE:
-            continue
-        a, b = saved.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key in ("data", "net", "optim", "loss"):
-            changed.update({f"{key}.{k}": (a.get(k), b.get(k))
-                            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)})
-        elif a != b:
-            changed[key] = (a, b)
-    return changed
+    """{field: (saved, current)} for every field that differs, ignoring the resumable ones (nested fields dotted):
+    :meth:`diffguide.config.Config.resume_differences`."""
+    return current.resume_differences(saved)

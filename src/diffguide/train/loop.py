@@ -11,22 +11,23 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..calibration import SeededBatches, evaluate_calibration, plot_ece_over_timesteps
+from ..calibration import EpochBatches, evaluate_calibration, plot_ece_over_timesteps
 from ..data import to_model_range
+from ..distributed import distributed_context
+from ..grid import save_grid
 from ..io import atomic_write_text
-from ..sampling import distributed_context
 from ..schedule import NoiseSchedule
-from .batches import ImageBatches, _load, _num_classes, _select, _training_data
+from .batches import StepBatches, _load, _num_classes, _select, _training_data
 from .config import ClassifierTrainConfig, TrainConfig, check_time_limit
 from .networks import _initialise_from, build_classifier_net, build_diffusion_net
 from .objectives import classifier_objective, diffusion_objective
-from .outputs import _save_png, class_grid, sample_images
-from .trainer import (CHECKPOINT, CONFIG, LOG, RELEASE, _device_name, _prepare, _Run, _summary, ema_decay_at,
+from .outputs import grid_samples
+from .trainer import (CHECKPOINT, CONFIG, LOG, RELEASE, _prepare, _Run, _summary, ema_decay_at,
                       ema_update, learning_rate, load_training_checkpoint, step_generator)
 
 __all__ = [
     "train", "train_classifier", "evaluate_noisy_classifier", "build_diffusion_net", "build_classifier_net",
-    "learning_rate", "ema_decay_at", "ema_update", "step_generator", "ImageBatches", "class_grid",
+    "learning_rate", "ema_decay_at", "ema_update", "step_generator", "StepBatches",
     "load_training_checkpoint", "CHECKPOINT", "LOG", "CONFIG", "RELEASE",
 ]
 
@@ -38,7 +39,7 @@ def _session(config, config_type: type, out_dir, dataset, device: str | None, ti
     if not isinstance(config, config_type):
         raise TypeError(f"config: expected a {config_type.__name__}, got {type(config).__name__}")
     check_time_limit(time_limit_s)
-    with distributed_context(_device_name(device)) as (rank, world, dev):
+    with distributed_context(device) as (rank, world, dev):
         out = _prepare(out_dir, rank, world)
         data = _training_data(config, dataset)
         torch.manual_seed(config.seed)
@@ -66,17 +67,19 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
         model, num_classes = build_diffusion_net(config.net, image_shape, _num_classes(data))
         if config.init_from and not (out / CHECKPOINT).exists():
             _initialise_from(model, config.init_from)
-        batches = ImageBatches(images, labels if num_classes is not None else None, config.optim.batch_size,
+        batches = StepBatches(images, labels if num_classes is not None else None, config.optim.batch_size,
                                seed=config.seed, rank=rank, world=world, device=dev, hflip=hflip)
         schedule = NoiseSchedule.create(config.schedule, None, config.num_train_timesteps)
         run = _Run(config, "diffusion", model, diffusion_objective(schedule, config.loss, num_classes), batches, out,
                    rank=rank, world=world, device=dev, progress=progress, time_limit_s=time_limit_s, fast=fast)
         run.resume()
 
+        class_names = getattr(data, "class_names", None)
+
         def draw_samples(current: _Run) -> None:
-            grid = class_grid(*sample_images(current.release_model, config, image_shape, num_classes, dev))
-            _save_png(grid, out / "samples" / f"step_{current.step:07d}.png")
-            _save_png(grid, out / "samples.png")
+            images, grid_labels = grid_samples(current.release_model, config, image_shape, num_classes, dev)
+            for path in (out / "samples" / f"step_{current.step:07d}.png", out / "samples.png"):
+                save_grid(images, path, len(images), labels=grid_labels, class_names=class_names)
 
         def periodic_samples(current: _Run) -> None:
             if current.is_main and config.sample_every and current.step % config.sample_every == 0 \
@@ -110,7 +113,7 @@ def train_classifier(config: ClassifierTrainConfig, out_dir: str | os.PathLike, 
             raise ValueError("dataset: a classifier needs labels; the data set has none")
         num_classes = _num_classes(data)
         model = build_classifier_net(config.net, image_shape, num_classes)
-        batches = ImageBatches(images, labels, config.optim.batch_size, seed=config.seed, rank=rank, world=world,
+        batches = StepBatches(images, labels, config.optim.batch_size, seed=config.seed, rank=rank, world=world,
                                device=dev, hflip=hflip)
         schedule = NoiseSchedule.create(config.schedule, None, config.num_train_timesteps)
         run = _Run(config, "classifier", model, classifier_objective(schedule, config), batches, out, rank=rank,
@@ -137,6 +140,6 @@ def evaluate_noisy_classifier(classifier: nn.Module, dataset, schedule: NoiseSch
     """Accuracy, binned ECE and smECE of ``classifier(x_t, t)`` at each t of ``config.eval_timesteps`` (default
     0, T/10, ..., T−1) on ``dataset`` — :func:`diffguide.calibration.evaluate_calibration` with one ε per image."""
     images, labels = _select(dataset, config.eval_limit)
-    batches = SeededBatches(images, labels, 256, shuffle=False, convert=to_model_range)
+    batches = EpochBatches(images, labels, 256, shuffle=False, convert=to_model_range)
     return evaluate_calibration(classifier, batches, noise_aware=True, schedule=schedule,
                                 timesteps=config.eval_timesteps, seed=config.seed, progress=progress)

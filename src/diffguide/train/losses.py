@@ -10,12 +10,13 @@ one or the other differs in the loss line only.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..schedule import NoiseSchedule
+from ..adapter import Network
+from ..guidance.cfg import guided_eps
+from ..schedule import NoiseSchedule, noised_batch
 from .config import LossConfig
 
 __all__ = [
@@ -35,11 +36,6 @@ def drop_labels(labels: Tensor, p_uncond: float, null_label: int, generator: tor
     u = torch.rand(labels.shape, generator=generator, device=generator.device if generator else labels.device)
     dropped = u.to(labels.device) < p_uncond
     return torch.where(dropped, torch.full_like(labels, null_label), labels), dropped
-
-
-def guided_eps(eps_cond: Tensor, eps_null: Tensor, w: float | Tensor) -> Tensor:
-    """ε̃ = (1 + w)·ε(x_t, c) − w·ε(x_t, ∅)."""
-    return (1 + w) * eps_cond - w * eps_null
 
 
 def standard_cfg_loss(eps_pred: Tensor, noise: Tensor) -> Tensor:
@@ -87,20 +83,6 @@ def draw_w_train(config: LossConfig, generator: torch.Generator | None = None) -
     low, high = config.w_range
     device = generator.device if generator is not None else "cpu"
     return low + (high - low) * torch.rand((), generator=generator, device=device)
-
-
-def noised_batch(x0: Tensor, schedule: NoiseSchedule, generator: torch.Generator | None = None
-                 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(x_t, t, ε) with t ~ U{0..T−1} per sample and ε ~ N(0, I), drawn from ``generator`` in that order."""
-    if len(schedule) != schedule.num_train_timesteps:
-        raise ValueError("schedule: training needs the full (unrespaced) schedule")
-    device = generator.device if generator is not None else x0.device
-    t = torch.randint(0, len(schedule), (x0.shape[0],), generator=generator, device=device).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float32).to(x0.device)
-    return schedule.q_sample(x0.float(), t, noise).to(x0.dtype), t, noise
-
-
-Network = Callable[..., Tensor]
 
 
 def cfg_training_loss(net: Network, x_t: Tensor, t: Tensor, noise: Tensor, labels: Tensor | None,

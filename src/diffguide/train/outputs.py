@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,40 +19,23 @@ from ..samplers import ddim
 from ..schedule import NoiseSchedule
 from .config import TrainConfig
 
-__all__ = ["class_grid", "sample_images", "plot_loss_curve"]
+__all__ = ["grid_samples", "plot_loss_curve"]
 
 
 # ----------------------------------------------------------------------------------------------- outputs
 
-def class_grid(images: np.ndarray, rows: int) -> np.ndarray:
-    """uint8 NHWC images laid out in ``rows`` rows (row r = images [r·n/rows, (r+1)·n/rows)), 2-pixel gaps."""
-    n, h, w, c = images.shape
-    cols = math.ceil(n / rows)
-    grid = np.zeros((rows * (h + 2) + 2, cols * (w + 2) + 2, c), dtype=np.uint8)
-    for k, image in enumerate(images):
-        r, q = divmod(k, cols)
-        grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = image
-    return grid
-
-
-def _save_png(array: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
 @torch.no_grad()
-def sample_images(net: nn.Module, config: TrainConfig, image_shape, num_classes: int | None,
-                  device: torch.device) -> tuple[np.ndarray, int]:
+def grid_samples(net: nn.Module, config: TrainConfig, image_shape, num_classes: int | None,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
     """DDIM (η = 0, ``config.sample_steps`` steps) samples with CFG at ``config.sample_w``: ``samples_per_class``
-    per class (class-major order) or 64 unconditional ones; per-sample seeds (seed, k). Returns (uint8 NHWC, rows)."""
+    per class (class-major order) or 64 unconditional ones; per-sample seeds (seed, k). Returns (uint8 NHWC, labels
+    or None) for :func:`diffguide.grid.save_grid`."""
     schedule = NoiseSchedule.create(config.schedule, str(config.sample_steps), config.num_train_timesteps)
     denoiser = Denoiser(net, schedule, clip_x0=True, num_classes=num_classes)
     if num_classes is None:
-        n, rows, labels, guidance = 64, 8, None, None
+        n, labels, guidance = 64, None, None
     else:
-        n, rows = num_classes * config.samples_per_class, num_classes
+        n = num_classes * config.samples_per_class
         labels = torch.arange(num_classes, device=device).repeat_interleave(config.samples_per_class)
         guidance = Guidance(cfg=ClassifierFree(w=config.sample_w, null_label=num_classes))
     noise = SeededNoise(config.seed, range(n), image_shape, device=device)
@@ -63,7 +45,7 @@ def sample_images(net: nn.Module, config: TrainConfig, image_shape, num_classes:
         samples = ddim(denoiser, noise, labels, guidance=guidance).samples
     finally:
         net.train(was_training)
-    return to_uint8(samples.float().clamp(-1, 1)), rows
+    return to_uint8(samples.float().clamp(-1, 1)), None if labels is None else labels.cpu().numpy()
 
 
 def plot_loss_curve(log_path: Path, png_path: Path, title: str = "") -> None:

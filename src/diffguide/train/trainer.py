@@ -1,9 +1,10 @@
-"""The training loop shared by diffusion models (``diffguide train``) and noise-aware classifiers
-(``diffguide train-classifier``): AdamW with linear warm-up, gradient clipping, EMA, bf16 autocast on GPU, DDP through
+"""The training loop shared by diffusion models (``diffguide train``), noise-aware classifiers
+(``diffguide train-classifier``) and calibration fine-tuning (``diffguide calibrate``, :mod:`.calibrate`): AdamW with linear warm-up, gradient clipping, EMA, bf16 autocast on GPU, DDP through
 torchrun, a tqdm bar, a JSON-lines loss log, checkpoints that resume exactly, and the released weights.
 
 Determinism: every random draw of step k on process r (flip, t, ε, label dropout, w_train) comes from a generator
-seeded with (seed, r, k), and the data order of epoch e from (seed, e); model, EMA, optimizer and the global RNG
+seeded with (seed, r, k) (:class:`StepDraws`; calibration fine-tuning draws from one stream, :class:`StreamDraws`),
+and the data order of epoch e from (seed, e); model, EMA, optimizer and the global RNG
 states (dropout) are in the checkpoint. A run resumed from a checkpoint therefore computes exactly what the
 uninterrupted run computes (bit-identical on CPU with the same number of processes and threads).
 
@@ -23,16 +24,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..accel import fast_module, fused_adamw, use_fast_path
 from ..checkpoints import save_network
 from ..io import atomic_write, atomic_write_text
-from .batches import ImageBatches
-from .config import OptimConfig, config_differences
+from ..noise import STEP_SALT, derived_seed
+from .batches import StepBatches
+from .config import OptimConfig
 from .objectives import Objective
 from .outputs import plot_loss_curve
 
@@ -76,10 +77,43 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def step_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of every random draw of step ``step`` on process ``rank``: seeded from (seed, rank, step)."""
-    state = np.random.SeedSequence([seed, 0x7124, rank, step]).generate_state(1, np.uint64)[0]
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(state >> np.uint64(1)))
+    generator.manual_seed(derived_seed(seed, STEP_SALT, rank, step))
     return generator
+
+
+class StepDraws:
+    """The draws of ``diffguide train`` / ``train-classifier``: step k on process r from :func:`step_generator`, so any
+    step's draws are known without replaying the ones before (nothing to checkpoint)."""
+
+    def __init__(self, seed: int, rank: int = 0, device: torch.device | str = "cpu"):
+        self.seed, self.rank, self.device = seed, rank, device
+
+    def __call__(self, step: int) -> torch.Generator:
+        return step_generator(self.seed, self.rank, step, self.device)
+
+    def state(self) -> Tensor | None:
+        return None
+
+    def set_state(self, state: Tensor | None) -> None:
+        pass
+
+
+class StreamDraws:
+    """The draws of calibration fine-tuning: one CPU generator seeded with ``seed``, drawn from step after step (its
+    state goes into the checkpoint, so a resumed run continues the stream)."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, step: int) -> torch.Generator:
+        return self.generator
+
+    def state(self) -> Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: Tensor) -> None:
+        self.generator.set_state(state)
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 
@@ -98,11 +132,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
 def _check_resume(state: dict, config, kind: str, path: Path) -> None:
     if state.get("kind") != kind:
         raise ValueError(f"{path}: a {state.get('kind')} checkpoint cannot resume a {kind} run")
-    changed = config_differences(json.loads(state["config"]), config)
-    if changed:
-        listing = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changed.items()))
-        raise ValueError(f"{path} was written by a run with a different configuration ({listing}); only "
-                         f"{', '.join(type(config).RESUMABLE)} may change on resume — use another output folder")
+    config.check_resumable(json.loads(state["config"]), where=str(path))
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -130,12 +160,18 @@ def _truncate_log(path: Path, step: int) -> None:
 class _Run:
     """One training run: everything but the objective and what happens at the end."""
 
-    def __init__(self, config, kind: str, model: nn.Module, objective: Objective, batches: ImageBatches,
-                 out_dir: Path, *, rank: int, world: int, device: torch.device, progress: bool,
-                 time_limit_s: float | None, fast: bool | None = None):
+    def __init__(self, config, kind: str, model: nn.Module, objective: Objective, batches: StepBatches,
+                 out_dir: Path | None, *, rank: int, world: int, device: torch.device, progress: bool,
+                 time_limit_s: float | None, fast: bool | None = None, draws=None, train_mode: bool = True,
+                 config_name: str = CONFIG):
+        """``config``: a run config with ``optim``, ``steps``, ``seed``, ``log_every``, ``checkpoint_every``;
+        ``batches``: ``batch(step, generator) -> (x, y)``; ``draws``: the generator of each step (default
+        :class:`StepDraws`); ``train_mode``: the mode the model trains in; ``out_dir`` None: nothing is written."""
         self.config, self.kind, self.objective, self.batches = config, kind, objective, batches
         self.out, self.rank, self.world, self.device = out_dir, rank, world, device
         self.progress, self.time_limit_s = progress, time_limit_s
+        self.draws = draws if draws is not None else StepDraws(config.seed, rank, device)
+        self.train_mode, self.config_name = train_mode, config_name
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.optim.ema_decay > 0 else None
         self.fast = use_fast_path(fast, device)
@@ -148,8 +184,8 @@ class _Run:
         # 17M CIFAR net at batch 128 is launch-bound (2.25x, docs/performance.md); under DDP plain compilation.
         self.net = fast_module(net, fast=self.fast, mode="reduce-overhead" if world == 1 else None)
         optim = config.optim
-        self.optimizer = fused_adamw(self.model.parameters(), fast=self.fast, lr=optim.lr, betas=tuple(optim.betas),
-                                     weight_decay=optim.weight_decay)
+        self.optimizer = fused_adamw([p for p in self.model.parameters() if p.requires_grad], fast=self.fast,
+                                     lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
         self.autocast = optim.bf16 and device.type == "cuda"
         self.step = 0
         self.stopped_early = False
@@ -167,11 +203,13 @@ class _Run:
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` when there is one (refused for a different configuration); then write
         ``train_config.json``."""
+        if self.out is None:
+            return
         path = self.out / CHECKPOINT
         if path.exists():
             self._load(path)
         if self.is_main:
-            atomic_write_text(self.out / CONFIG, self.config.to_json() + "\n")
+            atomic_write_text(self.out / self.config_name, self.config.to_json() + "\n")
 
     def _load(self, path: Path) -> None:
         state = load_training_checkpoint(path)
@@ -180,6 +218,7 @@ class _Run:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.draws.set_state(state.get("draws"))
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if int(state["world_size"]) == self.world:
@@ -192,9 +231,10 @@ class _Run:
         if self.world > 1:
             rng = [None] * self.world
             torch.distributed.all_gather_object(rng, {k: v.cpu() for k, v in _rng_state(self.device).items()})
-        if not self.is_main:
+        if not self.is_main or self.out is None:
             return
         state = {"format": _FORMAT, "version": 1, "kind": self.kind, "config": json.dumps(self.config.to_dict()),
+                 "draws": self.draws.state(),
                  "step": self.step, "world_size": self.world, "rng": rng, "train_seconds": self.train_seconds,
                  "model": self.model.state_dict(), "ema": None if self.ema is None else self.ema.state_dict(),
                  "optimizer": self.optimizer.state_dict()}
@@ -216,7 +256,7 @@ class _Run:
             values /= self.world
         record = {"step": self.step, **{k: float(v) / count for k, v in zip(keys, values.tolist())}, "lr": lr,
                   "steps_per_s": count / max(interval_s, 1e-9), "train_seconds": self.train_seconds}
-        if self.is_main:
+        if self.is_main and self.out is not None:
             with open(self.out / LOG, "a") as log:
                 log.write(json.dumps(record) + "\n")
         return record
@@ -233,10 +273,10 @@ class _Run:
                    disable=not (self.progress and self.is_main), dynamic_ncols=True)
         started = interval_start = time.perf_counter()
         base_seconds = self.train_seconds
-        self.model.train()
+        self.model.train(self.train_mode)
         try:
             while self.step < config.steps:
-                generator = step_generator(config.seed, self.rank, self.step, self.device)
+                generator = self.draws(self.step)
                 x, y = self.batches.batch(self.step, generator)
                 lr = learning_rate(self.step, config.optim, config.steps)
                 for group in self.optimizer.param_groups:
@@ -294,13 +334,6 @@ class _Run:
                               num_train_timesteps=self.config.num_train_timesteps, extra=extra, overwrite=True)
         atomic_write_text(folder / CONFIG, self.config.to_json() + "\n")
         return folder
-
-def _device_name(device: str | None) -> str | None:
-    """'cuda' without an index means this process's GPU (cuda:LOCAL_RANK), as torch.cuda.set_device needs one."""
-    if device is not None and torch.device(device).type == "cuda" and torch.device(device).index is None:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return device
-
 
 def _prepare(out_dir: str | os.PathLike, rank: int, world: int) -> Path:
     out = Path(out_dir)
