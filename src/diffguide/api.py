@@ -17,8 +17,8 @@ from torch import nn
 
 from .accel import file_identity, reused_fast_module, use_fast_path
 from .adapter import Denoiser
-from .checkpoints import NetworkConfig, load_adm_checkpoint, load_network
-from .config import Config, check_integer, check_number
+from .checkpoints import VARIANCE_TYPES, NetworkConfig, load_adm_checkpoint, load_network
+from .config import Config, check_choice, check_integer, check_number
 from .devices import resolve_device
 from .diffusers_adapter.model import is_diffusers_folder
 from .guidance import ClassifierFree, ClassifierGuidance, Guidance, make_objective, make_rule, make_schedule
@@ -47,6 +47,10 @@ class SampleSettings(Config):
     eta: float = 0.0
     clip_x0: bool | None = None
     """None: the checkpoint's own setting (``NetworkConfig.clip_x0``; true for every version-1 folder)."""
+    variance: str | None = None
+    """The ancestral (DDPM) step variance: None — the checkpoint's ``variance_type``; 'fixed_small' (β̃, the
+    posterior variance) or 'fixed_large' (β) for a fixed-variance model. Respaced, fixed_large leaves the last
+    stochastic step's noise (σ² = β'_1, e.g. 0.0021 at 100 steps) that the final x̂0 step cannot remove."""
     classifier: str | None = None
     classifier_preset: str | None = None
     x0_classifier: str | None = None
@@ -85,6 +89,8 @@ class SampleSettings(Config):
             raise ValueError("x0_preprocess: 'raw' applies to an off-the-shelf --x0-classifier; none is given")
         for name in ("classifier_scale", "eta"):
             check_number(name, getattr(self, name))
+        if self.variance is not None:
+            check_choice("variance", self.variance, VARIANCE_TYPES)
         if (self.classifier or self.x0_classifier) is None and self.objective is not None:
             raise ValueError("objective: only classifier guidance has an objective; give --classifier or --x0-classifier")
 
@@ -186,7 +192,11 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     if guidance.cfg is not None:
         _check_cfg_capable(net, config)
     clip_x0 = config.clip_x0 if s.clip_x0 is None else s.clip_x0
-    denoiser: Denoiser = config.denoiser(net, s.steps, clip_x0=clip_x0)
+    variance = s.variance or config.variance_type
+    if (variance == "learned_range") != (config.variance_type == "learned_range"):
+        raise ValueError(f"variance: {variance!r} for a network whose variance type is {config.variance_type!r} "
+                         "(learned_range needs, and is the only choice for, a network that outputs its variance)")
+    denoiser: Denoiser = config.denoiser(net, s.steps, clip_x0=clip_x0, variance=variance)
     kwargs = config.kwargs
     num_classes = kwargs.get("num_classes")
     if num_classes is None and guidance.classifier is not None:
@@ -196,6 +206,6 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     return generate(denoiser, num_samples=s.num_samples, image_shape=shape, labels=labels, guidance=guidance,
                     sampler=s.sampler, sampler_options={"eta": s.eta} if "eta" in sampler_options(s.sampler) else None,
                     seed=s.seed,
-                    batch_size=s.batch_size, out_dir=out, config={**s.to_dict(), "clip_x0": clip_x0}, resume=resume,
+                    batch_size=s.batch_size, out_dir=out, config={**s.to_dict(), "clip_x0": clip_x0, "variance": variance}, resume=resume,
                     overwrite=overwrite, bf16=s.bf16, progress=progress, on_nonfinite=s.on_nonfinite,
                     device=str(dev), class_names=config.extra.get("class_names"))

@@ -174,6 +174,8 @@ CLI_CASES = [
     ("sample-resume-and-overwrite", SAMPLE + " --resume --overwrite", 2, "--overwrite"),
     ("sample-model-missing", "sample --model {tmp}/none --out {tmp}/o", 1, "--model"),
     ("sample-labels-unknown-mode", SAMPLE + " --labels sorted", 1, "--labels"),
+    ("sample-variance-unknown", SAMPLE + " --variance huge", 2, "--variance"),
+    ("sample-variance-learned-on-a-fixed-variance-model", SAMPLE + " --variance learned_range", 1, "--variance"),
     ("train-classifier-ece-weight-nan", "train-classifier --data {samples_npz} --split none --out {tmp}/tc --steps 1 "
      "--ece-weight nan", 2, "--ece-weight"),
     ("train-classifier-device-bogus", "train-classifier --data {samples_npz} --split none --out {tmp}/tc --steps 1 "
@@ -229,6 +231,7 @@ API_CASES = [
     ("num_samples-negative", _api_settings(num_samples=-1), ValueError, "num_samples"),
     ("seed-negative", _api_settings(seed=-1), ValueError, "seed"),
     ("batch_size-0", _api_settings(batch_size=0), ValueError, "batch_size"),
+    ("variance-unknown", _api_settings(variance="huge"), ValueError, "variance"),
     ("num_classes-negative", _class_labels(4, -3), ValueError, "num_classes"),
     ("labels-class-on-unconditional", _class_labels(4, None, "5"), ValueError, "labels"),
     ("train-time_limit_s-nan", _train(time_limit_s=float("nan")), ValueError, "time_limit_s"),

@@ -157,3 +157,14 @@ def test_a_resumed_training_gets_its_commands_budget_on_top_of_what_it_trained(t
     (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert run_training(study, unit, cache, time_limit_s=600) is True
     assert json.loads((out / "summary.json").read_text())["steps"] == 5
+
+
+def test_ddpm_units_sample_with_fixed_small_and_the_others_with_the_checkpoints_variance(tiny_run):
+    from diffguide.studies.cifar10.runner import build_settings, resolve
+
+    study, root, _ = tiny_run
+    results = load_results(root / "results")
+    for sampler, expected in (("ddpm", "fixed_small"), ("ddim", None)):
+        unit = next(u for u in _samples(study.units, "steps") if u.params["sampler"] == sampler)
+        spec, scale, extra = resolve(study, unit, results)
+        assert build_settings(study, unit, spec, scale, extra, root / "cache").variance == expected

@@ -136,3 +136,22 @@ def test_the_one_resume_check_names_what_differs():
     CalibrationConfig(steps=50, checkpoint_every=7).check_resumable(calibration, where="c")
     with pytest.raises(ValueError, match="ece_weight differs: 0.1 then, 0.5 now"):
         CalibrationConfig(ece_weight=0.5).check_resumable(calibration, where="c")
+
+
+def test_sampling_variance_defaults_to_the_checkpoints_and_can_be_overridden(tmp_path):
+    """api.sample takes the checkpoint's variance_type unless ``variance`` is given; run.json records the resolved one.
+    Same seed and weights: fixed_small and fixed_large DDPM runs differ (every stochastic step's σ differs)."""
+    from diffguide.api import sample
+    from diffguide.nets.small_unet import SmallUNet
+
+    torch.manual_seed(0)
+    net = SmallUNet(num_classes=4, image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                    attention_resolutions=())
+    model = save_network(net, tmp_path / "model", schedule="linear")
+    run = dict(model=str(model), num_samples=2, batch_size=2, sampler="ddpm", steps="4", progress=False)
+    default = sample(**run, out=tmp_path / "default")
+    large = sample(**run, variance="fixed_large")
+    small = sample(**run, out=tmp_path / "small", variance="fixed_small")
+    assert (default.images == large.images).all() and not (small.images == large.images).all()
+    for name, expected in (("default", "fixed_large"), ("small", "fixed_small")):
+        assert json.loads((tmp_path / name / "run.json").read_text())["variance"] == expected

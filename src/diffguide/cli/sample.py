@@ -71,6 +71,9 @@ def _x0_classifier(ctx, param, value):
                    "(ADM's ancestral μ += Σ·s·g; ddpm) or 'elucd' (EluCD's μ += (Σ + a_i)·s·g; ddpm).")
 @click.option("--rule-param", "rule_params", multiple=True, callback=_key_values, metavar="KEY=VALUE",
               help="Rule parameter, repeatable: gamma=0.3, max_variance=per_sample|elucd (rule 'elucd').")
+@click.option("--variance", type=click.Choice(["fixed_small", "fixed_large", "learned_range"]), default=None,
+              help="DDPM step variance (default: the checkpoint's). For a fixed-variance model respaced to few steps, "
+                   "fixed_small: fixed_large leaves noise of variance β'_1 after the last stochastic step.")
 @click.option("--no-clip", "clip_x0", flag_value=False, default=None,
               help="Do not clip x̂0 to [-1, 1] (default: as the checkpoint's config says; on for images).")
 @click.option("--classifier", default=None,

@@ -9,6 +9,11 @@ Guides: the off-the-shelf ResNet-20/-32/-44 on x̂0 (Softplus β = 3, their own 
 → ImageNet mean/std); the paper's objectives guide with ResNet-32 (the middle one, fixed in advance). Noise-aware:
 two ``small_classifier`` runs of :func:`diffguide.train.train_classifier` on the JPEG train split, same seed and
 length, CE alone (the matched control, also "ADM-G before calibration") and CE + λ·Smooth-ECE (``ece_weight``).
+
+Amendment, before any method was compared: DDPM runs use the fixed_small variance (``plan.DDPM_VARIANCE``). The
+first three grid runs (no guidance, CFG w = 0.25 and 0.5) used the checkpoint's fixed_large and gave FID 81.9 /
+77.7 / 73.8 against 11.1 for DDIM-50 — grainy samples, a sampler setting's failure, not a method's; they are kept in
+docs/results/cifar10_guidance_superseded/ and count for nothing. Each method keeps its grid and rule.
 """
 
 from __future__ import annotations
