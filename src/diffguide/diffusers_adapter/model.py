@@ -206,6 +206,11 @@ class DiffusersConfig:
     def null_label(self) -> int | None:
         return self.extra.get("null_label")
 
+    @property
+    def variance_type(self) -> str:
+        """The scheduler's variance type, mapped (the default of :meth:`denoiser`'s ``variance``)."""
+        return self.mapping.variance
+
     def noise_schedule(self, spacing: str | int | list[int] | None = None) -> NoiseSchedule:
         """See :meth:`SchedulerMapping.schedule`: an integer N is diffusers' ``set_timesteps(N)``."""
         return self.mapping.schedule(spacing)
