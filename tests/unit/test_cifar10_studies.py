@@ -93,8 +93,8 @@ def test_tiny_pipeline_runs_every_unit(tiny_run):
     study, root, first = tiny_run
     assert first["left"] == 0 and first["finished"] == [u.id for u in study.units]
     results = load_results(root / "results")
-    assert len(results) == sum(u.kind == "sample" for u in study.units)
-    record = next(iter(results.values()))
+    assert len(results) == sum(u.kind in ("sample", "sample_grid") for u in study.units)
+    record = next(r for r in results.values() if "metrics" in r)
     for key in ("seed", "num_samples", "gpu", "torch", "precision", "seconds_per_1k_samples"):
         assert key in record
     assert record["metrics"]["num_samples"] == 24
