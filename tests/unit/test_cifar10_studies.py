@@ -255,7 +255,7 @@ def test_calibration_of_a_known_confusion_along_a_trajectory():
 def test_noise_aware_calibration_reads_x_t_at_its_own_t_and_clean_at_t_0():
     """Always class 0 at confidence c(t), labels k mod 10: accuracy 0.1 and ECE = smECE = c(t) − 0.1 (one
     confidence level; see above); c(999) = 0.9, c(500) = 0.5 + 0.4·500/999, c(0) = 0.5. x_t unbounded (×5)."""
-    from diffguide.studies.cifar10.calibration import clean_calibration, test_batches, trajectory_calibration
+    from diffguide.studies.cifar10.calibration import clean_calibration, image_batches, trajectory_calibration
 
     labels = np.arange(30) % 10
     x_t = 5 * np.random.default_rng(0).standard_normal((3, 30, 3, 4, 4)).astype(np.float16)
@@ -265,7 +265,7 @@ def test_noise_aware_calibration_reads_x_t_at_its_own_t_and_clean_at_t_0():
         assert row["accuracy"] == pytest.approx(0.1, abs=1e-12)
         assert row["ece"] == pytest.approx(c - 0.1, abs=1e-9) and row["smece"] == pytest.approx(c - 0.1, abs=1e-9)
     images = np.random.default_rng(1).integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
-    clean = clean_calibration(_ConfidenceOverTime(), "x_t", test_batches(images, labels, batch=7))
+    clean = clean_calibration(_ConfidenceOverTime(), "x_t", image_batches(images, labels, batch=7))
     assert clean["n"] == 30 and clean["ece"] == pytest.approx(0.4, abs=1e-9)
 
 

@@ -27,7 +27,7 @@ from ...io import atomic_write_text
 from .plan import Unit
 from .runner import Study, environment, result_path, trajectory_path
 
-__all__ = ["AtTimestep", "guide_module", "test_batches", "trajectory_calibration", "clean_calibration",
+__all__ = ["AtTimestep", "guide_module", "image_batches", "trajectory_calibration", "clean_calibration",
            "run_calibration", "SOFTPLUS_BETA"]
 
 NUM_BINS, BATCH = 10, 500
@@ -63,7 +63,7 @@ def guide_module(study: Study, guide: str, cache: Path, device=None) -> tuple[nn
     return module.eval(), on
 
 
-def test_batches(images: np.ndarray, labels: np.ndarray, batch: int = BATCH):
+def image_batches(images: np.ndarray, labels: np.ndarray, batch: int = BATCH):
     """(x in [−1, 1] float [B, C, H, W], y int64 [B]) batches of uint8 NHWC images (re-iterable)."""
     from ...data import to_model_range
 
@@ -142,7 +142,7 @@ def run_calibration(study: Study, unit: Unit, cache: Path, results_dir: Path, re
     with np.load(trajectory_path(cache, p["trajectories"])) as data:
         trajectories = {k: data[k] for k in data.files}
     images, labels = _test_set(study, p["test_images"])
-    batches = test_batches(images, labels)
+    batches = image_batches(images, labels)
     record = {"unit": unit.id, **p, "on": on, **environment(study), "num_bins": NUM_BINS,
               "test_images_used": int(len(images)), "trajectory_samples": int(len(trajectories["labels"])),
               "clean": {}, "trajectory": {}}

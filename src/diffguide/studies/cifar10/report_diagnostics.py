@@ -41,14 +41,9 @@ def calibration_section(study: Study, results: dict, results_dir, report_path) -
              "guides (`softplus3`: every ReLU computed as Softplus β = 3) and as trained (`relu`).", "",
              "| guide | input | view | clean: accuracy | clean: ECE | clean: smECE | trajectory (pooled): accuracy "
              "| trajectory: ECE | trajectory: smECE |", "|---|---|---|---|---|---|---|---|---|"]
-    for u in units:
-        r = results.get(u.id)
-        if r is None:
-            lines.append(f"| {u.params['guide']} | – | – | not yet run | | | | | |")
-            continue
-        for view, clean in r["clean"].items():
-            lines.append(f"| {r['guide']} | {r['on']} | {view} | {_summary_cells(clean)} | "
-                         f"{_summary_cells(r['trajectory'][view]['pooled'])} |")
+    lines += _per_guide(units, results, "| – | – | not yet run | | | | | |", lambda r: [
+        f"| {r['guide']} | {r['on']} | {view} | {_summary_cells(clean)} | "
+        f"{_summary_cells(r['trajectory'][view]['pooled'])} |" for view, clean in r["clean"].items()])
     done = [results[u.id] for u in units if u.id in results]
     lines += ["", "ECE / smECE along the sampling trajectory (t = the step's original timestep; sampling runs from "
               "left to right):", ""]
@@ -66,15 +61,18 @@ def calibration_section(study: Study, results: dict, results_dir, report_path) -
     lines += _noise_aware_pair(results, units)
     lines += ["", "Reliability diagrams (as the guide guides) and ECE along t:", "",
               "| guide | clean | trajectory, pooled | noised test images, pooled | ECE along t |", "|---|---|---|---|---|"]
-    for u in units:
-        r = results.get(u.id)
-        if r is None:
-            lines.append(f"| {u.params['guide']} | not yet run | | | |")
-            continue
-        cells = [image_link(results_dir, r["plots"][k], report_path, f"{r['guide']} {k}") if k in r["plots"] else "–"
-                 for k in ("clean", "trajectory", "noised", "ece_t")]
-        lines.append(f"| {r['guide']} | " + " | ".join(cells) + " |")
+    lines += _per_guide(units, results, "| not yet run | | | |", lambda r: [f"| {r['guide']} | " + " | ".join(
+        image_link(results_dir, r["plots"][k], report_path, f"{r['guide']} {k}") if k in r["plots"] else "–"
+        for k in ("clean", "trajectory", "noised", "ece_t")) + " |"])
     return lines + [""]
+
+
+def _per_guide(units: list, results: dict, missing: str, rows) -> list[str]:
+    """Table rows of each calibration unit: ``rows(record)``, or the guide's name and ``missing`` while not run."""
+    out = []
+    for u in units:
+        out += rows(results[u.id]) if u.id in results else [f"| {u.params['guide']} {missing}"]
+    return out
 
 
 def _noise_aware_pair(results: dict, units: list) -> list[str]:
