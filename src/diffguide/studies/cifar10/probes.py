@@ -112,7 +112,8 @@ def _variance(sampler: str):
 class GuidanceRecorder:
     """Per sampler step i: each sample's ‖∇J‖ = ‖g‖/(s·w_i) (g = s·w_i·∇J, the applied classifier gradient, w_i read
     back from the schedule), ‖g‖, and the guide's confidence max_c softmax(f(input))_c on its own input (x̂0 for an
-    off-the-shelf guide, as it guides: Softplus; x_t for a noise-aware one)."""
+    off-the-shelf guide, as it guides: Softplus; x_t for a noise-aware one) — and, off-the-shelf, the confidence of
+    the network as trained (ReLU) on the same x̂0."""
 
     def __init__(self, guidance):
         from ..sweep import RecordingSchedule
@@ -123,17 +124,25 @@ class GuidanceRecorder:
         self.grad_norm: dict[int, list] = {}
         self.applied_norm: dict[int, list] = {}
         self.confidence: dict[int, list] = {}
+        self.confidence_relu: dict[int, list] = {}
 
     def __call__(self, step) -> None:
         c = self.classifier
         weight = torch.as_tensor(c.schedule.last, dtype=torch.float64).reshape(-1).cpu()
         applied = step.guidance_grad.double().flatten(1).norm(dim=1).cpu()
         logits = c.logits(step.x0 if c.on == "x0" else step.x_t, step)
-        confidence = torch.softmax(logits.double(), dim=1).amax(1).cpu()
+        stores = [(self.applied_norm, applied), (self.grad_norm, applied / (c.scale * weight)),
+                  (self.confidence, _confidence(logits))]
+        if c.on == "x0":
+            stores.append((self.confidence_relu, _confidence(c.classifier(step.x0))))
         self.t[step.i] = int(step.t[0])
-        for store, values in ((self.applied_norm, applied), (self.grad_norm, applied / (c.scale * weight)),
-                              (self.confidence, confidence)):
+        for store, values in stores:
             store.setdefault(step.i, []).extend(values.tolist())
+
+
+def _confidence(logits: torch.Tensor) -> torch.Tensor:
+    """max_c softmax(logits)_c per sample (float64, CPU)."""
+    return torch.softmax(logits.double(), dim=1).amax(1).cpu()
 
 
 def guidance_curves(recorder: GuidanceRecorder) -> dict:
@@ -144,7 +153,8 @@ def guidance_curves(recorder: GuidanceRecorder) -> dict:
     return {"t": [recorder.t[i] for i in steps], "grad_norm_mean": stat(recorder.grad_norm, np.mean),
             "grad_norm_median": stat(recorder.grad_norm, np.median),
             "applied_norm_mean": stat(recorder.applied_norm, np.mean),
-            "confidence_mean": stat(recorder.confidence, np.mean)}
+            "confidence_mean": stat(recorder.confidence, np.mean),
+            "confidence_relu_mean": stat(recorder.confidence_relu, np.mean) if recorder.confidence_relu else None}
 
 
 def run_gradnorm(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> None:
@@ -170,14 +180,17 @@ def run_gradnorm(study: Study, unit: Unit, cache: Path, results_dir: Path, resul
 
 
 def plot_gradnorm(curves: dict, path: Path) -> Path:
-    """Left: mean ‖∇J‖ along t (log scale); right: the guide's mean confidence; one line per method."""
+    """Left: mean ‖∇J‖ along t (log scale); right: the guide's mean confidence as it guides (solid) and as trained
+    (ReLU, dashed); one colour per method."""
     from ..report import figure, save_figure
 
-    fig, axes = figure(1, 2, figsize=(10, 3.8))
+    fig, axes = figure(1, 2, figsize=(9, 3.5))
     for method, c in curves.items():
         label = f"{method} (s = {c['scale']:g})"
         axes[0, 0].plot(c["t"], c["grad_norm_mean"], label=label)
-        axes[0, 1].plot(c["t"], c["confidence_mean"], label=label)
+        line, = axes[0, 1].plot(c["t"], c["confidence_mean"], label=label)
+        if c.get("confidence_relu_mean"):
+            axes[0, 1].plot(c["t"], c["confidence_relu_mean"], "--", color=line.get_color(), label=f"{method}, ReLU")
     axes[0, 0].set_yscale("log")
     axes[0, 0].set_ylabel("mean ‖∇J‖ per sample")
     axes[0, 1].set_ylabel("mean confidence of the guide (max softmax)")

@@ -106,17 +106,20 @@ def gradnorm_section(study: Study, results: dict, results_dir, report_path) -> l
         lines += [f"{u.params['num_samples']} samples (labels balanced, seed {u.params['seed']}), "
                   f"{u.params['sampler'].upper()}-{u.params['steps']}, each method at its chosen scale. ‖∇J‖ = "
                   "‖g‖/(s·w(t)), the objective's own gradient per sample (g the applied classifier term); confidence "
-                  "= max softmax of the guide on x̂0, as it guides. Means over samples.", "",
+                  "= max softmax of the guide on x̂0, as it guides (Softplus), in brackets as trained (ReLU). Means over "
+                  "samples.", "",
                   image_link(results_dir, r["plot"], report_path, "gradient norm and confidence along t"), ""]
         curves = r["curves"]
         first = next(iter(curves.values()))
         keep = range(0, len(first["t"]), max(1, len(first["t"]) // 10))
         rows = sorted(set(keep) | {len(first["t"]) - 1})
-        lines += ["| t | " + " | ".join(f"{m} (s={c['scale']:g}): ‖∇J‖ | confidence" for m, c in curves.items())
+        relu = lambda c, k: f" ({c['confidence_relu_mean'][k]:.3f})" if c.get("confidence_relu_mean") else ""  # noqa: E731
+        lines += ["| t | " + " | ".join(f"{m} (s={c['scale']:g}): ‖∇J‖ | confidence (ReLU)" for m, c in curves.items())
                   + " |", "|---|" + "---|---|" * len(curves)]
         for k in rows:
             lines.append(f"| {first['t'][k]} | " + " | ".join(
-                f"{c['grad_norm_mean'][k]:.4g} | {c['confidence_mean'][k]:.3f}" for c in curves.values()) + " |")
+                f"{c['grad_norm_mean'][k]:.4g} | {c['confidence_mean'][k]:.3f}{relu(c, k)}" for c in curves.values())
+                + " |")
         lines.append("")
     return lines
 
