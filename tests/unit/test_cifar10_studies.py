@@ -4,7 +4,9 @@ runs end to end, skips finished units, resumes partial ones and reports what is 
 import json
 import os
 
+import numpy as np
 import pytest
+import torch
 
 from diffguide.studies.cifar10 import aligned_plan, aligned_study, guidance_plan, guidance_study, run_next
 from diffguide.studies.cifar10.assets import tiny_assets
@@ -93,8 +95,8 @@ def test_tiny_pipeline_runs_every_unit(tiny_run):
     study, root, first = tiny_run
     assert first["left"] == 0 and first["finished"] == [u.id for u in study.units]
     results = load_results(root / "results")
-    assert len(results) == sum(u.kind == "sample" for u in study.units)
-    record = next(iter(results.values()))
+    assert len(results) == sum(u.kind in ("sample", "sample_grid") for u in study.units)
+    record = next(r for r in results.values() if "metrics" in r)
     for key in ("seed", "num_samples", "gpu", "torch", "precision", "seconds_per_1k_samples"):
         assert key in record
     assert record["metrics"]["num_samples"] == 24
@@ -168,3 +170,183 @@ def test_ddpm_units_sample_with_fixed_small_and_the_others_with_the_checkpoints_
         unit = next(u for u in _samples(study.units, "steps") if u.params["sampler"] == sampler)
         spec, scale, extra = resolve(study, unit, results)
         assert build_settings(study, unit, spec, scale, extra, root / "cache").variance == expected
+
+
+# --- the diagnostic units: trajectories, calibration, ‖∇J‖ along t, sample grids ---
+
+def _needs_come_first(units):
+    seen = set()
+    for unit in units:
+        assert set(unit.needs) <= seen, (unit.id, set(unit.needs) - seen)
+        seen.add(unit.id)
+
+
+def test_diagnostic_units_follow_what_they_need_in_both_plans():
+    units = guidance_plan.units()
+    _needs_come_first(units)
+    _needs_come_first(aligned_plan.units())
+    calibration = {u.params["guide"]: u for u in units if u.kind == "calibration"}
+    assert set(calibration) == {"resnet20", "resnet32", "resnet44", "clf_ce", "clf_sece"}  # every guiding classifier
+    assert calibration["clf_sece"].needs == ("trajectories__ddpm100__seed10__n500", "clf_sece")
+    (gradnorm,) = [u for u in units if u.kind == "gradnorm"]
+    assert gradnorm.params["methods"] == ["elucd_resnet32", "reverse_kl_a0.5_e0.9", "js_a0.5_e0.9"]
+    last_grid = max(i for i, u in enumerate(units) if u.kind == "sample" and u.params["group"] == "grid")
+    pictures = [i for i, u in enumerate(units) if u.kind in ("gradnorm", "sample_grid")]
+    assert min(pictures) > last_grid  # they wait for chosen scales: planned after every seed-0 grid
+    grids = [u for u in units if u.kind == "sample_grid"]
+    assert {u.params["scale"] for u in grids} == {None} and {u.params["num_samples"] for u in grids} == {100}
+    aligned = [u for u in aligned_plan.units() if u.kind == "sample_grid"]
+    assert sorted((u.params["method"], u.params["scale"]) for u in aligned) == sorted(
+        (arm, w) for arm in ("standard", "aligned_w1", "aligned_w2") for w in (0.0, 1.0, 3.0))
+    assert all(u.est_s > 0 for u in units if u.kind not in ("sample", "train", "train_classifier", "reference"))
+
+
+class _EncodedConfusion(torch.nn.Module):
+    """Off-the-shelf stand-in with a known confusion: x[:, 0, 0, 0] = p/8 − 1/2 encodes the predicted class p and
+    x[:, 1, 0, 0] = 2c − 1 the confidence c; logits log c at p, log((1 − c)/9) elsewhere, so softmax_p = c."""
+
+    def forward(self, x):
+        predicted = torch.round((x[:, 0, 0, 0].double() + 0.5) * 8).long()
+        confidence = (x[:, 1, 0, 0].double() + 1) / 2
+        logits = torch.log((1 - confidence) / 9)[:, None].repeat(1, 10)
+        logits[torch.arange(len(x)), predicted] = torch.log(confidence)
+        return logits
+
+
+class _ConfidenceOverTime(torch.nn.Module):
+    """Noise-aware stand-in: always class 0 with confidence c(t) = 0.5 + 0.4·t/999, whatever x_t."""
+
+    def forward(self, x, t):
+        c = 0.5 + 0.4 * t.double() / 999
+        logits = torch.log((1 - c) / 9)[:, None].repeat(1, 10)
+        logits[:, 0] = torch.log(c)
+        return logits
+
+
+def _encoded(predicted, confidence):
+    x = np.zeros((len(predicted), 3, 4, 4), dtype=np.float16)  # both codes are multiples of 1/8: exact in float16
+    x[:, 0, 0, 0], x[:, 1, 0, 0] = np.asarray(predicted) / 8 - 0.5, 2 * np.asarray(confidence) - 1
+    return x
+
+
+def test_calibration_of_a_known_confusion_along_a_trajectory():
+    """40 samples, labels k mod 10. Step t = 999: c = 0.5 for all, 10 correct → accuracy 0.25, ECE = |0.25 − 0.5|.
+    Step t = 0: c = 0.75 for 20 samples (15 correct: gap 0) and 0.5 for 20 (5 correct: gap 0.25) → ECE = ½·0.25.
+    Pooled: bin 0.5 holds 60 samples, 15 correct (gap 0.25), bin 0.75 holds 20 (gap 0) → ECE = ¾·0.25. At one
+    confidence level the smoothed residual r̂(t) is the constant p̂ − acc, so smECE = |p̂ − acc| for any bandwidth.
+    Tolerance 1e-9: float64 softmax round-off (~1e-16) and smECE's grid interpolation of a constant ratio."""
+    from diffguide.studies.cifar10.calibration import trajectory_calibration
+
+    labels = np.arange(40) % 10
+    wrong = (labels + 1) % 10
+    first = np.where(np.arange(40) < 10, labels, wrong)
+    last = np.where(np.arange(40) < 15, labels, wrong)
+    last[20:25] = labels[20:25]
+    conf_last = np.where(np.arange(40) < 20, 0.75, 0.5)
+    x0 = np.stack([_encoded(first, np.full(40, 0.5)), _encoded(last, conf_last)])
+    result = trajectory_calibration(_EncodedConfusion(), "x0", {"x0": x0, "t": np.array([999, 0]), "labels": labels})
+    rows = {row["t"]: row for row in result["ece_t"]}
+    assert rows[999]["accuracy"] == 0.25 and rows[0]["accuracy"] == 0.5
+    assert rows[999]["ece"] == pytest.approx(0.25, abs=1e-9) and rows[999]["smece"] == pytest.approx(0.25, abs=1e-9)
+    assert rows[0]["ece"] == pytest.approx(0.125, abs=1e-9)
+    assert result["pooled"]["ece"] == pytest.approx(0.1875, abs=1e-9) and result["pooled"]["n"] == 80
+
+
+def test_noise_aware_calibration_reads_x_t_at_its_own_t_and_clean_at_t_0():
+    """Always class 0 at confidence c(t), labels k mod 10: accuracy 0.1 and ECE = smECE = c(t) − 0.1 (one
+    confidence level; see above); c(999) = 0.9, c(500) = 0.5 + 0.4·500/999, c(0) = 0.5. x_t unbounded (×5)."""
+    from diffguide.studies.cifar10.calibration import clean_calibration, image_batches, trajectory_calibration
+
+    labels = np.arange(30) % 10
+    x_t = 5 * np.random.default_rng(0).standard_normal((3, 30, 3, 4, 4)).astype(np.float16)
+    result = trajectory_calibration(_ConfidenceOverTime(), "x_t", {"x_t": x_t, "t": np.array([999, 500, 0]),
+                                                                   "labels": labels})
+    for row, c in zip(result["ece_t"], (0.9, 0.5 + 0.4 * 500 / 999, 0.5)):
+        assert row["accuracy"] == pytest.approx(0.1, abs=1e-12)
+        assert row["ece"] == pytest.approx(c - 0.1, abs=1e-9) and row["smece"] == pytest.approx(c - 0.1, abs=1e-9)
+    images = np.random.default_rng(1).integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+    clean = clean_calibration(_ConfidenceOverTime(), "x_t", image_batches(images, labels, batch=7))
+    assert clean["n"] == 30 and clean["ece"] == pytest.approx(0.4, abs=1e-9)
+
+
+GUIDANCE_PARTS = ["reference", "clf_*", "trajectories__*", "calibration__*", "grid__none__*", "grid__cfg__*",
+                  "grid__adm_g_*", "grid__elucd_resnet32__*", "grid__reverse_kl_a0.5_e0.9__*",
+                  "grid__js_a0.5_e0.9__*", "gradnorm__*", "samplegrid__*"]
+
+
+@pytest.fixture(scope="module")
+def tiny_guidance(tmp_path_factory):
+    """The tiny guidance study, run for the diagnostic units and what they need (grids of 7 methods only)."""
+    root = tmp_path_factory.mktemp("cifar10_guidance_tiny")
+    study = guidance_study(tiny_assets(root / "assets"), tiny=True)
+    first = run_next(study, root / "cache", root / "results", budget_s=600, only=GUIDANCE_PARTS)
+    return study, root, first
+
+
+def test_tiny_guidance_runs_the_diagnostic_units_and_skips_them_when_done(tiny_guidance):
+    from diffguide.studies.cifar10.runner import status
+
+    study, root, first = tiny_guidance
+    folder = root / "results"
+    diagnostic = [u for u in study.units if u.kind in ("trajectories", "calibration", "gradnorm", "sample_grid")]
+    ran = set(first["finished"])
+    waits = {u.id for u in diagnostic if u.params.get("method") in
+             ("tilted", "entropy_confidence", "forward_kl_a0.5_e0.9", "hellinger_a0.5_e0.9", "best_cg_plus_cfg")}
+    assert {u.id for u in diagnostic} - waits <= ran and not waits & ran  # their grids were not run: they wait
+    assert waits <= set(status(study, root / "cache", folder)["waiting"])
+    gradnorm = json.loads((folder / "gradnorm__ddpm3__seed1__n20.json").read_text())
+    assert set(gradnorm["curves"]) == {"elucd_resnet32", "reverse_kl_a0.5_e0.9", "js_a0.5_e0.9"}
+    assert (folder / gradnorm["plot"]).is_file()
+    for u in (u for u in diagnostic if u.kind == "calibration"):
+        record = json.loads((folder / f"{u.id}.json").read_text())
+        assert all((folder / name).is_file() for name in record["plots"].values())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert run_next(study, root / "cache", folder, budget_s=600, only=GUIDANCE_PARTS)["ran"] == []
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
+    (folder / "calibration__resnet32.json").unlink()
+    assert run_next(study, root / "cache", folder, budget_s=600, only=GUIDANCE_PARTS)["ran"] == [
+        "calibration__resnet32"]
+
+
+def test_gradnorm_records_the_objectives_own_gradient_at_the_first_step(tiny_guidance):
+    """At the first step x_t = x_T (the noise stream's first draw) whatever the guidance, so ‖∇J‖ there is the norm of
+    ∇_{x_T} J(classifier(x_T, 999), y), computed here directly; the run's s·w(u) (EluCD: s = chosen, sine weight
+    1 + 0.3·sin(π·0.999) ≠ 1) must be divided out. Tolerance: the same float32 operations, 1e-5 relative."""
+    from diffguide.api import load_guidance_classifier
+    from diffguide.guidance import make_objective
+    from diffguide.noise import SeededNoise
+
+    study, root, _ = tiny_guidance
+    curve = json.loads((root / "results" / "gradnorm__ddpm3__seed1__n20.json").read_text())["curves"]["elucd_resnet32"]
+    assert curve["t"][0] == 999 and curve["applied_norm_mean"][0] != pytest.approx(curve["grad_norm_mean"][0])
+    guide, _ = load_guidance_classifier(study.assets["guides"]["resnet32"][1])
+    x = SeededNoise(1, range(20), (3, 8, 8)).initial().requires_grad_(True)
+    labels = torch.arange(20) % 10
+    objective = make_objective("baseline", tau1=1.0, tau2=0.5)(guide(x, torch.full((20,), 999)), labels)
+    (grad,) = torch.autograd.grad(objective.sum(), x)
+    assert curve["grad_norm_mean"][0] == pytest.approx(float(grad.flatten(1).norm(dim=1).mean()), rel=1e-5)
+
+
+def test_reports_show_the_diagnostic_units(tiny_guidance, tiny_run, tmp_path):
+    from PIL import Image
+
+    from diffguide.studies.cifar10.report import guidance_report
+
+    study, root, _ = tiny_guidance
+    text = guidance_report(study, root / "cache", root / "results", root / "report.md").read_text()
+    clf = json.loads((root / "results" / "calibration__clf_sece.json").read_text())
+    row = clf["noised"]["ece_t"][-1]
+    assert f"| {row['t']} |" in text and f"{row['ece']:.4f}" in text  # the ECE_t table is read from the JSON
+    assert "![clf_sece noised](results/calibration__clf_sece_noised.png)" in text
+    assert "(results/gradnorm__ddpm3__seed1__n20.png)" in text
+    assert "| best_cg_plus_cfg | – | not yet run (waits for the seed-0 grid) |" in text
+    empty = guidance_report(study, tmp_path / "c", tmp_path / "r", tmp_path / "empty.md").read_text()
+    assert "| clf_ce | – | – | not yet run |" in empty and "`gradnorm__ddpm3__seed1__n20`" in empty
+    aligned, aligned_root, _ = tiny_run
+    text = aligned_report(aligned, aligned_root / "cache", aligned_root / "results", aligned_root / "r.md").read_text()
+    grid = "samplegrid__aligned_w2__s3__ddim3__seed0__n100"
+    assert f"(results/{grid}.png)" in text
+    record = json.loads((aligned_root / "results" / f"{grid}.json").read_text())
+    assert record["class_counts"] == [10] * 10 and record["settings"]["cfg_w"] == 3.0
+    with Image.open(aligned_root / "results" / f"{grid}.png") as image:  # 10 rows of 8-pixel tiles, 2-pixel gaps
+        assert image.size[1] == 2 + 10 * (8 + 2)

@@ -9,13 +9,14 @@ aligned fine-tuned from the retrained standard model for 10% of the budget (2,36
 Curves, fixed before any run: FID/precision/recall vs w ∈ {0, 0.5, 1, 2, 3, 4}, DDIM-50, 10k samples, seed 0, every
 arm; the control — the standard model at w_eff = (w′ − w_train)/(1 + w_train) for every aligned point (seed 0).
 Best w = the lowest FID of that seed-0 curve. FID vs steps: DDIM 10/20/50/100, DPM-Solver++(2M) 10/20, DDPM 250,
-10k samples at seeds 1, 2, 3, at each arm's best w and at the common w = 1.
+10k samples at seeds 1, 2, 3, at each arm's best w and at the common w = 1. Sample grids (10 samples per class,
+labels balanced, seed 0, DDIM-50) at w = 0, 1, 3 for standard, aligned_w1 and aligned_w2.
 """
 
 from __future__ import annotations
 
 from ...train.losses import effective_guidance
-from .plan import Unit, reference_unit, sample_unit, training_seconds
+from .plan import Unit, reference_unit, sample_grid_unit, sample_unit, training_seconds
 
 NAME = "cifar10_cfg_aligned"
 STEPS, FINETUNE_STEPS, BATCH = 23_679, 2_368, 128
@@ -25,6 +26,7 @@ CURVE_SAMPLER, CURVE_STEPS, CURVE_SEED, SAMPLES = "ddim", 50, 0, 10_000
 STEP_POINTS = (("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp_2m", 10), ("dpmpp_2m", 20),
                ("ddpm", 250))
 SPREAD_SEEDS = (1, 2, 3)
+IMAGE_ARMS, IMAGE_W, IMAGE_SEED = ("standard", "aligned_w1", "aligned_w2"), (0.0, 1.0, 3.0), 0
 ARMS = {
     "standard": {"loss": {"kind": "standard"}, "steps": STEPS},
     "aligned_w1": {"loss": {"kind": "aligned", "w_train": 1.0, "stop_grad_null": False, "mix_lambda": None},
@@ -67,7 +69,8 @@ def train_units(steps_scale: float = 1.0) -> list[Unit]:
 
 def units(samples: int = SAMPLES, steps_scale: float = 1.0, step_points=STEP_POINTS, w_grid=W_GRID,
           curve_steps: int = CURVE_STEPS) -> list[Unit]:
-    """The plan in run order: reference, the five trainings, the seed-0 w-curves, the control, the steps curves."""
+    """The plan in run order: reference, the five trainings, the seed-0 w-curves, the control, the sample grids, the
+    steps curves."""
     specs = methods()
     out = [reference_unit(), *train_units(steps_scale)]
     for arm in ARMS:
@@ -81,6 +84,8 @@ def units(samples: int = SAMPLES, steps_scale: float = 1.0, step_points=STEP_POI
         if unit.id not in seen:  # w_eff ∈ {0, 1, ...} is already a point of the standard curve
             seen.add(unit.id)
             out.append(unit)
+    out += [sample_grid_unit(arm, specs[arm], w, sampler=CURVE_SAMPLER, steps=curve_steps, seed=IMAGE_SEED)
+            for arm in IMAGE_ARMS for w in IMAGE_W]
     for arm in ARMS:
         for scale in (None, COMMON_W):
             for sampler, steps in step_points:

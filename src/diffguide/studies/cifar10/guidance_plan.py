@@ -10,6 +10,16 @@ Guides: the off-the-shelf ResNet-20/-32/-44 on x̂0 (Softplus β = 3, their own 
 two ``small_classifier`` runs of :func:`diffguide.train.train_classifier` on the JPEG train split, same seed and
 length, CE alone (the matched control, also "ADM-G before calibration") and CE + λ·Smooth-ECE (``ece_weight``).
 
+Diagnostics, fixed with the rest (after the amendment below, before any method was compared): the trajectories —
+unguided conditional DDPM-100 runs of the base model, 500 samples, labels balanced (50 per class), seed 10 (used by no
+scored run), x̂0 and x_t kept at every 10th step and the first (11 steps); calibration of every guiding classifier
+(binned ECE with 10 equal-width bins, smECE): clean on the 10k CIFAR-10 test images, on the trajectories' x̂0 (the
+off-the-shelf ResNets, as they guide: Softplus β = 3, and as trained: ReLU) or x_t (the noise-aware pair), and, for
+the noise-aware pair, on test images noised at each t of the classifier's evaluation timesteps (ECE_t; one ε per
+image shared by every t, seed 0); ‖∇J‖ and the guide's confidence (max softmax on its input, x̂0) along t for the
+EluCD baseline, reverse KL and JS (ResNet-32, α = 0.5, ε = 0.9) at their chosen scales, 256 samples, labels balanced,
+seed 1; sample grids of 10 samples per class (labels balanced, seed 0) of the main methods at their chosen scales.
+
 Amendment, before any method was compared: DDPM runs use the fixed_small variance (``plan.DDPM_VARIANCE``). The
 first three grid runs (no guidance, CFG w = 0.25 and 0.5) used the checkpoint's fixed_large and gave FID 81.9 /
 77.7 / 73.8 against 11.1 for DDIM-50 — grainy samples, a sampler setting's failure, not a method's; they are kept in
@@ -18,7 +28,8 @@ docs/results/cifar10_guidance_superseded/ and count for nothing. Each method kee
 
 from __future__ import annotations
 
-from .plan import Unit, reference_unit, sample_unit, training_seconds
+from .plan import (Unit, calibration_unit, gradnorm_unit, reference_unit, sample_grid_unit, sample_unit,
+                   trajectory_unit, training_seconds)
 
 NAME = "cifar10_guidance"
 SAMPLER, STEPS = "ddpm", 100
@@ -36,6 +47,14 @@ ELUCD = {"objective": "baseline", "objective_params": {"tau1": 1.0, "tau2": 0.5}
          "schedule_params": {"gamma": 0.3}, "rule": "elucd"}
 JUDGE = "resnet56"
 SUBSET_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "reverse_kl_a0.5_e0.9")
+GUIDES = ("resnet20", "resnet32", "resnet44", "clf_ce", "clf_sece")  # every guiding classifier
+TRAJECTORY_SEED, TRAJECTORY_SAMPLES, TEST_IMAGES = 10, 500, 10_000
+GRADNORM_METHODS = ("elucd_resnet32", "reverse_kl_a0.5_e0.9", "js_a0.5_e0.9")
+GRADNORM_SEED, GRADNORM_SAMPLES = 1, 256
+IMAGE_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "tilted", "entropy_confidence",
+                 "reverse_kl_a0.5_e0.9", "forward_kl_a0.5_e0.9", "js_a0.5_e0.9", "hellinger_a0.5_e0.9",
+                 "best_cg_plus_cfg")
+IMAGE_SEED = 0
 
 
 def _x0(guide: str, **spec) -> dict:
@@ -75,18 +94,35 @@ def classifier_units(steps: int = CLASSIFIER_STEPS) -> list[Unit]:
             Unit("clf_sece", "train_classifier", {**delta, "ece_weight": ECE_WEIGHT}, (), est)]
 
 
+def diagnostic_units(specs: dict, steps: int, trajectory_samples: int, test_images: int,
+                     gradnorm_samples: int) -> tuple[list[Unit], list[Unit]]:
+    """(trajectories + calibration, which need the classifiers only; ‖∇J‖ + sample grids, which wait for grids)."""
+    trajectories = trajectory_unit(sampler=SAMPLER, steps=steps, seed=TRAJECTORY_SEED, num_samples=trajectory_samples)
+    calibration = [calibration_unit(g, trajectories, test_images=test_images, timesteps=CLASSIFIER_TIMESTEPS,
+                                    needs=(g,) if g.startswith("clf_") else ()) for g in GUIDES]
+    pictures = [gradnorm_unit(specs, GRADNORM_METHODS, sampler=SAMPLER, steps=steps, seed=GRADNORM_SEED,
+                              num_samples=gradnorm_samples)]
+    pictures += [sample_grid_unit(m, specs[m], None, sampler=SAMPLER, steps=steps, seed=IMAGE_SEED)
+                 for m in IMAGE_METHODS]
+    return [trajectories, *calibration], pictures
+
+
 def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, steps: int = STEPS,
           subset_steps: int = SUBSET_STEPS, grid_limit: int | None = None,
-          classifier_steps: int = CLASSIFIER_STEPS) -> list[Unit]:
-    """The plan in run order: reference, classifiers, every seed-0 grid, then the chosen scales at seeds 1-3, then the
-    DDIM subset. ``grid_limit`` keeps the first values of each grid (the --tiny check only; reported as such)."""
-    out = [reference_unit(), *classifier_units(classifier_steps)]
+          classifier_steps: int = CLASSIFIER_STEPS, trajectory_samples: int = TRAJECTORY_SAMPLES,
+          test_images: int = TEST_IMAGES, gradnorm_samples: int = GRADNORM_SAMPLES) -> list[Unit]:
+    """The plan in run order: reference, classifiers, trajectories and calibration, every seed-0 grid, the ‖∇J‖ and
+    sample-grid units, then the chosen scales at seeds 1-3, then the DDIM subset. ``grid_limit`` keeps the first
+    values of each grid (the --tiny check only; reported as such)."""
     specs = methods()
+    calibration, pictures = diagnostic_units(specs, steps, trajectory_samples, test_images, gradnorm_samples)
+    out = [reference_unit(), *classifier_units(classifier_steps), *calibration]
     order = [m for m in specs if m != "best_cg_plus_cfg"] + ["best_cg_plus_cfg"]
     for method in order:
         for scale in specs[method]["grid"][:grid_limit]:
             out.append(sample_unit("", method, specs[method], scale, sampler=SAMPLER, steps=steps, seed=GRID_SEED,
                                    num_samples=grid_samples, group="grid"))
+    out += pictures
     for method in order:
         for seed in FINAL_SEEDS:
             out.append(sample_unit("", method, specs[method], None, sampler=SAMPLER, steps=steps, seed=seed,

@@ -14,6 +14,12 @@ conditional step half of that; a classifier-guided step ×2.5 (forward + backwar
 1.47–1.59x the unguided cost in the ADM benchmark, rounded up for the backward through x̂0); training 4,683 img/s
 at batch 128 plus 100 s of compilation per command; Inception features 2,000 img/s (not measured on the H200: a
 guess, stated).
+
+Diagnostic units (not scored by FID; their own JSON in the results folder, except ``trajectories``, a cache file):
+``trajectories`` (x̂0 and x_t of unguided DDPM runs at fixed steps), ``calibration`` (one guiding classifier),
+``gradnorm`` (‖∇J‖ and the guide's confidence along t) and ``sample_grid`` (a PNG of 10 samples per class). They run
+eagerly (no compiled network, to spare its ~100 s compilation): estimated at ``EAGER_FACTOR`` × the compiled
+step cost plus ``LOAD_S`` for loading the networks and data (both guesses, stated).
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ GUIDED_FACTOR = 2.5
 TRAIN_IMG_S = 4683.0
 COMPILE_S = 100.0
 FEATURES_IMG_S = 2000.0
+EAGER_FACTOR = 3.0
+LOAD_S = 30.0
+CALIBRATION_IMG_S = 20_000.0  # classifier forwards per second, small CIFAR ResNets / small_classifier (a guess)
+GRID_PER_CLASS = 10
 
 
 @dataclass(frozen=True)
@@ -71,3 +81,46 @@ def sample_unit(study_prefix: str, method: str, spec: dict, scale, *, sampler: s
 
 def estimated_total(units: list[Unit]) -> float:
     return sum(u.est_s for u in units)
+
+
+def probe_seconds(num_samples: int, steps: int, *, cfg: bool, guided: bool) -> float:
+    """Estimated H200 seconds of an eager diagnostic sampling run (no Inception features, see the docstring)."""
+    per_step = CFG_STEP_S * (1.0 if cfg else 0.5) * (GUIDED_FACTOR if guided else 1.0)
+    return LOAD_S + EAGER_FACTOR * num_samples * steps * per_step
+
+
+def trajectory_unit(*, sampler: str, steps: int, seed: int, num_samples: int) -> Unit:
+    """Unguided, conditional runs of the base model (labels balanced) whose x̂0 and x_t are kept at fixed steps."""
+    params = {"sampler": sampler, "steps": steps, "seed": seed, "num_samples": num_samples}
+    return Unit(f"trajectories__{sampler}{steps}__seed{seed}__n{num_samples}", "trajectories", params, (),
+                probe_seconds(num_samples, steps, cfg=False, guided=False))
+
+
+def calibration_unit(guide: str, trajectories: Unit, *, test_images: int, timesteps, needs=()) -> Unit:
+    """Calibration of the guiding classifier ``guide`` on clean test images, on the trajectories' x̂0 (or x_t for a
+    noise-aware guide) and, noise-aware, on test images noised at ``timesteps`` (ECE_t)."""
+    forwards = test_images * (1 + len(timesteps)) + trajectories.params["num_samples"] * 11
+    params = {"guide": guide, "trajectories": trajectories.id, "timesteps": list(timesteps), "test_images": test_images}
+    return Unit(f"calibration__{guide}", "calibration", params, (trajectories.id, *needs),
+                LOAD_S + 2 * forwards / CALIBRATION_IMG_S)
+
+
+def gradnorm_unit(methods: dict, names, *, sampler: str, steps: int, seed: int, num_samples: int) -> Unit:
+    """‖∇J‖ and the guide's confidence along t for ``names`` at their chosen scales (waits for their grids)."""
+    est = sum(probe_seconds(num_samples, steps, cfg=methods[m].get("cfg", False), guided=True) for m in names)
+    params = {"methods": list(names), "scale": None, "sampler": sampler, "steps": steps, "seed": seed,
+              "num_samples": num_samples}
+    needs = tuple(n for m in names for n in methods[m].get("needs", ()))
+    return Unit(f"gradnorm__{sampler}{steps}__seed{seed}__n{num_samples}", "gradnorm", params, needs, est)
+
+
+def sample_grid_unit(method: str, spec: dict, scale, *, sampler: str, steps: int, seed: int,
+                     per_class: int = GRID_PER_CLASS, num_classes: int = 10) -> Unit:
+    """A PNG of ``per_class`` samples of each class (labels balanced, fixed seed), one row per class."""
+    n = per_class * num_classes
+    tag = "best" if scale is None else f"{scale:g}".replace("-", "m")
+    params = {"method": method, "scale": scale, "sampler": sampler, "steps": steps, "seed": seed, "num_samples": n,
+              "group": "samplegrid"}
+    est = probe_seconds(n, steps, cfg=spec.get("cfg", False), guided=spec.get("guide") is not None)
+    return Unit(f"samplegrid__{method}__s{tag}__{sampler}{steps}__seed{seed}__n{n}", "sample_grid", params,
+                tuple(spec.get("needs", ())), est)

@@ -12,6 +12,7 @@ import numpy as np
 from ...io import atomic_write_text
 from .. import verdict
 from . import aligned_plan, guidance_plan
+from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
 from .runner import Study, chosen_scale, is_done, load_results
 
 METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
@@ -150,9 +151,10 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
                                                     for m in ("fid", "precision", "recall", "judge_consistency")) + " |")
     rows = [(claim, comparison(study, results, {"method": fav, "group": "final"}, {"method": ref, "group": "final"},
                                metric, sign)) for claim, fav, ref, metric, sign in gp.CLAIMS]
-    lines += ["", "## Claims", ""] + claims_table(rows)
-    lines += ["", "Left out of this pipeline (not built yet): calibration of the guides (binned ECE, smECE, ECE_t "
-              "clean / on x̂0 / on x_t, reliability diagrams), the ‖∇J‖-along-t plot, sample grids.", ""]
+    lines += ["", "## Claims", ""] + claims_table(rows) + [""]
+    lines += calibration_section(study, results, results_dir, out_path)
+    lines += gradnorm_section(study, results, results_dir, out_path)
+    lines += sample_grids_section(study, results, results_dir, out_path)
     lines += not_yet_run(study, cache, results)
     atomic_write_text(out_path, "\n".join(lines))
     return Path(out_path)
@@ -234,7 +236,8 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
     lines += ["", "Robustness to w (the widths above) rests on the seed-0 curves only, so it gets no test: it is "
               "reported descriptively. The control row says whether an aligned point is matched by the standard "
               "model at w_eff (a re-parametrised w) or beaten (a real gain); it is also seed 0 only.",
-              "", "Left out of this pipeline (not built yet): plots and sample grids at w = 0, 1, 3.", ""]
+              "", "Left out of this pipeline (not built yet): plots of the curves (the tables above carry them).", ""]
+    lines += aligned_grids_section(study, results, results_dir, out_path)
     lines += not_yet_run(study, cache, results)
     atomic_write_text(out_path, "\n".join(lines))
     return Path(out_path)

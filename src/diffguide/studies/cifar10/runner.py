@@ -24,6 +24,7 @@ from .plan import DDPM_VARIANCE, Unit
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
 GRID_GROUPS = ("grid", "wcurve")
+RESULT_KINDS = ("sample", "calibration", "gradnorm", "sample_grid")  # finished when their JSON is in the results
 STARTUP_MARGIN_S = 150.0  # a training command's compile, data load and release on top of its time_limit_s
 
 
@@ -53,14 +54,29 @@ def load_results(results_dir) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
 
 
+def trajectory_path(cache: Path, unit_id: str) -> Path:
+    return cache / "trajectories" / f"{unit_id}.npz"
+
+
 def cache_done(cache: Path, unit: Unit) -> bool:
     if unit.kind == "reference":
         return (cache / "reference.npz").is_file()
+    if unit.kind == "trajectories":
+        return trajectory_path(cache, unit.id).is_file()
     return (cache / "train" / unit.id / "done.json").is_file()
 
 
 def is_done(study: Study, unit: Unit, cache: Path, results: dict) -> bool:
-    return unit.id in results if unit.kind == "sample" else cache_done(cache, unit)
+    return unit.id in results if unit.kind in RESULT_KINDS else cache_done(cache, unit)
+
+
+def waiting(study: Study, unit: Unit, results: dict) -> bool:
+    """Whether ``unit`` waits for seed-0 grid results (a scale still to be chosen)."""
+    if unit.kind in ("sample", "sample_grid"):
+        return resolve(study, unit, results) is None
+    if unit.kind == "gradnorm":
+        return any(chosen_scale(study, m, results) is None for m in unit.params["methods"])
+    return False
 
 
 def _fid(record: dict) -> float:
@@ -246,6 +262,18 @@ def run_training(study: Study, unit: Unit, cache: Path, time_limit_s: float) -> 
     return True
 
 
+TRAINING_KINDS = ("train", "train_classifier")
+DIAGNOSTIC_KINDS = ("trajectories", "calibration", "gradnorm", "sample_grid")
+
+
+def _run_diagnostic(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> None:
+    from . import calibration, probes
+
+    run = {"trajectories": probes.run_trajectories, "calibration": calibration.run_calibration,
+           "gradnorm": probes.run_gradnorm, "sample_grid": probes.run_sample_grid}[unit.kind]
+    run(study, unit, cache, results_dir, results)
+
+
 def status(study: Study, cache_dir, results_dir) -> dict:
     """{'done': [...], 'ready': [...], 'waiting': [...]} unit ids (waiting: needs seed-0 grid results first)."""
     cache, results = Path(cache_dir).expanduser() / study.name, load_results(results_dir)
@@ -253,7 +281,7 @@ def status(study: Study, cache_dir, results_dir) -> dict:
     for unit in study.units:
         if is_done(study, unit, cache, results):
             out["done"].append(unit.id)
-        elif unit.kind == "sample" and resolve(study, unit, results) is None:
+        elif waiting(study, unit, results):
             out["waiting"].append(unit.id)
         else:
             out["ready"].append(unit.id)
@@ -292,17 +320,19 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
         if is_done(study, unit, cache, results) or any(not is_done(study, study.unit(n), cache, results)
                                                        for n in unit.needs):
             continue
-        if unit.kind == "sample" and resolve(study, unit, results) is None:
+        if waiting(study, unit, results):
             continue
         remaining = deadline - time.monotonic()
         estimate = 0.0 if study.tiny else unit.est_s
-        if remaining <= 0 or (unit.kind in ("sample", "reference") and estimate > remaining):
+        if remaining <= 0 or (unit.kind not in TRAINING_KINDS and estimate > remaining):
             break
         ran.append(unit.id)
         if unit.kind == "sample":
             run_sample(study, unit, cache, results_dir, results)
         elif unit.kind == "reference":
             run_reference(study, cache)
+        elif unit.kind in DIAGNOSTIC_KINDS:
+            _run_diagnostic(study, unit, cache, results_dir, results)
         elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
             break
         finished.append(unit.id)
