@@ -35,6 +35,8 @@ def test_guidance_plan_is_issue_13_protocol():
     assert methods["elucd_resnet32"]["schedule_params"] == {"gamma": 0.3}
     assert methods["elucd_resnet32"]["objective_params"] == {"tau1": 1.0, "tau2": 0.5}
     assert methods["tilted"]["objective_params"] == {"t_tilde": -0.2}
+    x0_betas = {name: spec["softplus_beta"] for name, spec in methods.items() if str(spec.get("guide")).startswith("resnet")}
+    assert x0_betas.pop("elucd_resnet32_softplus3") == 3.0 and set(x0_betas.values()) == {10.0}  # amendment 2
     assert {methods[f"entropy_{r}"]["objective_params"]["rule"] for r in ("confidence", "inverse_entropy", "time")} \
         == {"confidence", "inverse_entropy", "time"}
     ce, sece = guidance_plan.classifier_units()

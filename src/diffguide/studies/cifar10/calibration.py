@@ -10,7 +10,6 @@ diagrams — every number and plot from :mod:`diffguide.calibration`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from ...calibration.evaluate import _per_timestep
 from ...calibration.plots import plot_ece_over_timesteps, plot_reliability_diagram
 from ...calibration.metrics import ReliabilityBins
 from ...io import atomic_write_text
+from .guidance_plan import ISSUE_SOFTPLUS_BETA, SOFTPLUS_BETA
 from .plan import Unit
 from .runner import Study, environment, result_path, trajectory_path
 
@@ -33,13 +33,6 @@ __all__ = ["AtTimestep", "guide_module", "image_batches", "trajectory_calibratio
 NUM_BINS, BATCH = 10, 500
 
 
-def _default_softplus_beta() -> float:
-    from ...api import SampleSettings
-
-    return {f.name: f.default for f in dataclasses.fields(SampleSettings)}["softplus_beta"]
-
-
-SOFTPLUS_BETA = _default_softplus_beta()  # the studies' sampling settings leave it at SampleSettings' default
 
 
 class AtTimestep(nn.Module):
@@ -72,11 +65,12 @@ def image_batches(images: np.ndarray, labels: np.ndarray, batch: int = BATCH):
 
 
 def _views(on: str) -> dict:
-    """How an off-the-shelf guide is evaluated: as it guides (ReLU → Softplus β) and as trained; a noise-aware
-    guide as it guides only (its ReLUs are kept when it guides)."""
+    """How an off-the-shelf guide is evaluated: as it guides (ReLU → Softplus β = 10), with the issue's β = 3, and as
+    trained; a noise-aware guide as it guides only (its ReLUs are kept when it guides)."""
     if on == "x_t":
         return {"as_guides": None}
-    return {f"softplus{SOFTPLUS_BETA:g}": SOFTPLUS_BETA, "relu": None}
+    return {f"softplus{SOFTPLUS_BETA:g}": SOFTPLUS_BETA, f"softplus{ISSUE_SOFTPLUS_BETA:g}": ISSUE_SOFTPLUS_BETA,
+            "relu": None}
 
 
 def _context(beta):

@@ -24,6 +24,15 @@ Amendment, before any method was compared: DDPM runs use the fixed_small varianc
 first three grid runs (no guidance, CFG w = 0.25 and 0.5) used the checkpoint's fixed_large and gave FID 81.9 /
 77.7 / 73.8 against 11.1 for DDIM-50 — grainy samples, a sampler setting's failure, not a method's; they are kept in
 docs/results/cifar10_guidance_superseded/ and count for nothing. Each method keeps its grid and rule.
+
+Amendment 2, before any x̂0-guided sample was drawn: the off-the-shelf ResNets guide with Softplus β = 10
+(``SOFTPLUS_BETA``), not the β = 3 the issue names (EluCD's value for an ImageNet ResNet-101). With every ReLU
+computed as Softplus(3) these CIFAR ResNets classify the clean test images at chance level — ResNet-20 / 32 / 44 / 56:
+0.319 / 0.122 / 0.114 / 0.100, against 0.804 / 0.819 / 0.813 / 0.841 with ReLU (2,000 test images,
+``scripts/softplus_beta_check.py``) — so they would guide with noise. The rule, fixed before any guided sample: the
+smallest β of {3, 10, 30, 100} whose clean accuracy is within 0.01 of ReLU's for each of ResNet-20/32/44 (β = 10:
+0.809 / 0.811 / 0.820). One extra method, ``elucd_resnet32_softplus3`` (the EluCD baseline with β = 3), shows what
+the issue's setting gives. The calibration diagnostics score the ResNets at β = 10, β = 3 and with ReLU.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ JUDGE = "resnet56"
 SUBSET_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "reverse_kl_a0.5_e0.9")
 GUIDES = ("resnet20", "resnet32", "resnet44", "clf_ce", "clf_sece")  # every guiding classifier
 TRAJECTORY_SEED, TRAJECTORY_SAMPLES, TEST_IMAGES = 10, 500, 10_000
+SOFTPLUS_BETA, ISSUE_SOFTPLUS_BETA = 10.0, 3.0  # amendment 2 (module docstring)
 GRADNORM_METHODS = ("elucd_resnet32", "reverse_kl_a0.5_e0.9", "js_a0.5_e0.9")
 GRADNORM_SEED, GRADNORM_SAMPLES = 1, 256
 IMAGE_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "tilted", "entropy_confidence",
@@ -58,7 +68,8 @@ IMAGE_SEED = 0
 
 
 def _x0(guide: str, **spec) -> dict:
-    return {"guide": guide, "grid": X0_GRID, "scale_field": "classifier_scale", "rule": "score", **spec}
+    return {"guide": guide, "grid": X0_GRID, "scale_field": "classifier_scale", "rule": "score",
+            "softplus_beta": SOFTPLUS_BETA, **spec}
 
 
 def methods() -> dict[str, dict]:
@@ -72,6 +83,7 @@ def methods() -> dict[str, dict]:
                      "rule": "score", "needs": (unit,)}
     for depth in (20, 32, 44):
         out[f"elucd_resnet{depth}"] = _x0(f"resnet{depth}", **ELUCD)
+    out["elucd_resnet32_softplus3"] = _x0("resnet32", **ELUCD, softplus_beta=ISSUE_SOFTPLUS_BETA)
     base = {k: v for k, v in ELUCD.items() if k not in ("objective", "objective_params")}
     out["tilted"] = _x0("resnet32", **base, objective="tilted", objective_params={"t_tilde": -0.2})
     for rule in ("confidence", "inverse_entropy", "time"):

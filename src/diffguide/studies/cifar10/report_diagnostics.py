@@ -38,7 +38,8 @@ def calibration_section(study: Study, results: dict, results_dir, report_path) -
              "bandwidth) from `diffguide.calibration`. Clean: the CIFAR-10 test images (a noise-aware guide at "
              "t = 0). Trajectory: x̂0 (off-the-shelf guides) or x_t (noise-aware) of the unguided DDPM runs of the "
              "base model at the kept steps, labels = the conditioning labels. An off-the-shelf guide is shown as it "
-             "guides (`softplus3`: every ReLU computed as Softplus β = 3) and as trained (`relu`).", "",
+             "guides (`softplus10`: every ReLU computed as Softplus β = 10, amendment 2), with the issue's β = 3 "
+             "(`softplus3`) and as trained (`relu`).", "",
              "| guide | input | view | clean: accuracy | clean: ECE | clean: smECE | trajectory (pooled): accuracy "
              "| trajectory: ECE | trajectory: smECE |", "|---|---|---|---|---|---|---|---|---|"]
     lines += _per_guide(units, results, "| – | – | not yet run | | | | | |", lambda r: [

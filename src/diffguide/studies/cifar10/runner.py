@@ -141,6 +141,8 @@ def build_settings(study: Study, unit: Unit, spec: dict, scale, extra: dict, cac
     if guide is not None:
         on, path = ("x_t", str(cache / "train" / guide / "model")) if guide.startswith("clf_") else a["guides"][guide]
         fields["x0_classifier" if on == "x0" else "classifier"] = path
+        if on == "x0":
+            fields["softplus_beta"] = spec["softplus_beta"]
         rule = spec.get("rule", "score")
         fields.update(objective=spec.get("objective"), objective_params=dict(spec.get("objective_params", {})),
                       schedule=spec.get("schedule", "constant"), schedule_params=dict(spec.get("schedule_params", {})),
