@@ -48,9 +48,10 @@ def fast_module(module: nn.Module, *, fast: bool, mode: str | None = None) -> nn
 
 
 def file_identity(path: str | os.PathLike) -> tuple:
-    """What says a file or folder on disk is unchanged: (name, mtime_ns, size) of it or of every file below it."""
+    """What says a file or folder on disk is unchanged: (name, mtime_ns, size) of it or of every file below it (just
+    the path when there is nothing there: its loader then says what is wrong)."""
     path = Path(path).resolve()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
     return (str(path), *((str(p.relative_to(path.parent)), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
 
 

@@ -110,3 +110,5 @@ def test_a_second_sample_of_the_same_model_reuses_the_compiled_network(tmp_path,
     save_network(net, tmp_path / "model", schedule="linear", learn_sigma=True, overwrite=True)  # new weights
     third = sample(**settings)
     assert len(compiled) == 2 and compiled[1] is not compiled[0] and not (third.images == first.images).all()
+    with pytest.raises(FileNotFoundError, match="model: .* is neither"):  # the loader's own error, not a stat's
+        sample(**{**settings, "model": str(tmp_path / "missing")})
