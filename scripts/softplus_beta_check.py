@@ -9,6 +9,7 @@ On the CPU, every 5th test image (2,000). The CIFAR-10 guidance study's amendmen
 """
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ BETAS = (None, 3.0, 10.0, 30.0, 100.0)
 
 
 def accuracy(classifier, x: torch.Tensor, y: torch.Tensor, beta) -> float:
-    with torch.no_grad(), (SoftplusForReLU(beta) if beta is not None else torch.no_grad()):
+    with torch.no_grad(), (SoftplusForReLU(beta) if beta is not None else contextlib.nullcontext()):
         predictions = torch.cat([classifier(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
     return (predictions == y).float().mean().item()
 

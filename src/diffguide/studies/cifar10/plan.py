@@ -30,7 +30,14 @@ DDPM_VARIANCE = "fixed_small"
 """Both studies' DDPM step variance (the models have fixed variance). Respaced, ADM's default fixed_large leaves
 the last stochastic step's noise, σ² = β'_1 = 1 − ᾱ_{t_1}/ᾱ_0 (0.0021 at 100 steps, 0.0006 at 250), which the
 final x̂0 step (trained for σ² ≈ 1 − ᾱ_0 = 1e-4) cannot remove: grainy samples (FID 81.9 at w = 0 against 11.1 with
-DDIM-50, docs/results/cifar10_guidance.md). fixed_small's σ² = β̃'_1 ≈ 1e-4 matches it."""
+DDIM-50, docs/results/cifar10_guidance_superseded/). fixed_small's σ² = β̃'_1 ≈ 1e-4 matches it."""
+
+
+def sampling_variance(sampler: str) -> str | None:
+    """The step variance a study unit samples with: :data:`DDPM_VARIANCE` for DDPM, else None (the checkpoint's)."""
+    return DDPM_VARIANCE if sampler == "ddpm" else None
+
+
 CFG_STEP_S = 1.0 / (205 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
 GUIDED_FACTOR = 2.5
 TRAIN_IMG_S = 4683.0

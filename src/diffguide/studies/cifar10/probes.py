@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...io import atomic_save_npz, atomic_write_text
-from .plan import Unit
+from .plan import Unit, sampling_variance
 from .runner import Study, build_settings, environment, resolve, result_path, trajectory_path
 
 __all__ = ["recorded_steps", "sample_with_callback", "run_trajectories", "GuidanceRecorder", "guidance_curves",
@@ -35,7 +35,7 @@ def recorded_steps(num_steps: int, every: int = 10) -> list[int]:
     return sorted(set(range(0, num_steps, every)) | {num_steps - 1})
 
 
-def sample_with_callback(settings, make_callback, device=None) -> int:
+def sample_with_callback(settings, make_callback, device=None) -> tuple[np.ndarray | None, int]:
     """Run the sampler of ``settings`` batch by batch, as :func:`diffguide.api.sample` does (same denoiser, guidance,
     per-sample noise streams and labels, bf16 autocast when set), calling ``make_callback(guidance, start)`` for
     each batch's sampler ``callback``. Returns (the run's labels, the number of zeroed non-finite guidance
@@ -80,7 +80,7 @@ def run_trajectories(study: Study, unit: Unit, cache: Path, results_dir: Path, r
     p, a = unit.params, study.assets
     settings = SampleSettings(model=a["model"], num_samples=p["num_samples"], batch_size=a["batch_size"],
                               seed=p["seed"], labels="balanced", sampler=p["sampler"], steps=str(p["steps"]),
-                              bf16=a["bf16"], variance=_variance(p["sampler"]))
+                              bf16=a["bf16"], variance=sampling_variance(p["sampler"]))
     keep = recorded_steps(p["steps"])
     batches: list[dict] = []
     timesteps: dict[int, int] = {}
@@ -101,12 +101,6 @@ def run_trajectories(study: Study, unit: Unit, cache: Path, results_dir: Path, r
                for k, name in enumerate(("x0", "x_t"))}
     atomic_save_npz(trajectory_path(cache, unit.id), **stacked, t=np.array([timesteps[i] for i in keep]),
                     step=np.array(keep), labels=np.asarray(labels, dtype=np.int64))
-
-
-def _variance(sampler: str):
-    from .plan import DDPM_VARIANCE
-
-    return DDPM_VARIANCE if sampler == "ddpm" else None
 
 
 class GuidanceRecorder:

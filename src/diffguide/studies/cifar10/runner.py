@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ...io import atomic_write_text
-from .plan import DDPM_VARIANCE, Unit
+from .plan import Unit, sampling_variance
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
 GRID_GROUPS = ("grid", "wcurve")
@@ -136,7 +136,7 @@ def build_settings(study: Study, unit: Unit, spec: dict, scale, extra: dict, cac
     model = str(cache / "train" / spec["arm"] / "model") if spec.get("arm") else a["model"]
     fields = {"model": model, "num_samples": p["num_samples"], "batch_size": a["batch_size"], "seed": p["seed"],
               "labels": "uniform", "sampler": p["sampler"], "steps": str(p["steps"]), "bf16": a["bf16"],
-              "on_nonfinite": "zero", "variance": DDPM_VARIANCE if p["sampler"] == "ddpm" else None}
+              "on_nonfinite": "zero", "variance": sampling_variance(p["sampler"])}
     guide = spec.get("guide")
     if guide is not None:
         on, path = ("x_t", str(cache / "train" / guide / "model")) if guide.startswith("clf_") else a["guides"][guide]
