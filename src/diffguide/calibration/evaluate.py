@@ -14,6 +14,8 @@ from ..schedule import NoiseSchedule
 from .metrics import reliability_bins, smooth_ece, top_label
 
 __all__ = [
+    "ece_per_timestep",
+    "module_device",
     "check_batch",
     "step_indices",
     "collect_logits",
@@ -57,7 +59,8 @@ def step_indices(schedule: NoiseSchedule, timesteps: Sequence[int]) -> list[int]
     return [lookup[int(t)] for t in timesteps]
 
 
-def _device_of(module) -> torch.device:
+def module_device(module) -> torch.device:
+    """The device of ``module``'s first parameter (CPU for a module without parameters)."""
     parameter = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
     return parameter.device if parameter is not None else torch.device("cpu")
 
@@ -83,7 +86,7 @@ def collect_logits(classifier: Callable[[Tensor], Tensor], batches: Batches, *, 
                    ) -> tuple[Tensor, Tensor]:
     """Logits of an off-the-shelf classifier ``classifier(x)`` on clean batches, in eval mode:
     (logits float64 [N, K] on the CPU, labels int64 [N])."""
-    device = _device_of(classifier)
+    device = module_device(classifier)
     logits, labels = [], []
     with _EvalMode(classifier):
         for x, y in tqdm(batches, desc="logits", disable=not progress, leave=False):
@@ -103,7 +106,7 @@ def collect_noised_logits(classifier: Callable[[Tensor, Tensor], Tensor], batche
     batch order) shared by every t, so the curves over t differ only by the noise level.
     Returns (logits float64 [len(timesteps), N, K] on the CPU, labels int64 [N])."""
     indices = step_indices(schedule, timesteps)
-    device = _device_of(classifier)
+    device = module_device(classifier)
     generator = torch.Generator().manual_seed(seed)
     per_batch, labels = [], []
     with _EvalMode(classifier):
@@ -147,10 +150,11 @@ def ece_over_timesteps(classifier, batches: Batches, schedule: NoiseSchedule, ti
     """ECE_t: for each original timestep t, the accuracy, mean confidence, binned ECE and smECE of
     ``classifier(x_t, t)`` (see :func:`collect_noised_logits`)."""
     logits, labels = collect_noised_logits(classifier, batches, schedule, timesteps, seed=seed, progress=progress)
-    return _per_timestep(logits, labels, timesteps, num_bins)
+    return ece_per_timestep(logits, labels, timesteps, num_bins)
 
 
-def _per_timestep(logits: Tensor, labels: Tensor, timesteps: Sequence[int], num_bins: int) -> list[dict]:
+def ece_per_timestep(logits: Tensor, labels: Tensor, timesteps: Sequence[int], num_bins: int) -> list[dict]:
+    """One calibration row (n, accuracy, mean confidence, ECE, smECE) per timestep of ``logits`` [T, N, K]."""
     rows = []
     for t, logits_t in zip(timesteps, logits):
         summary = calibration_summary(logits_t, labels, num_bins=num_bins)
@@ -175,5 +179,5 @@ def evaluate_calibration(classifier, batches: Batches, *, noise_aware: bool = Fa
     logits, labels = collect_noised_logits(classifier, batches, schedule, timesteps, seed=seed, progress=progress)
     pooled = calibration_summary(logits.reshape(-1, logits.shape[-1]), labels.repeat(len(timesteps)),
                                  num_bins=num_bins)
-    return {"noise_aware": True, "summary": pooled, "ece_t": _per_timestep(logits, labels, timesteps, num_bins),
+    return {"noise_aware": True, "summary": pooled, "ece_t": ece_per_timestep(logits, labels, timesteps, num_bins),
             "timesteps": [int(t) for t in timesteps], "seed": seed}

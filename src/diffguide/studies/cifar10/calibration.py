@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ...calibration import calibration_summary, collect_logits, evaluate_calibration
-from ...calibration.evaluate import _per_timestep
+from ...calibration.evaluate import ece_per_timestep, module_device
 from ...calibration.plots import plot_ece_over_timesteps, plot_reliability_diagram
 from ...calibration.metrics import ReliabilityBins
 from ...io import atomic_write_text
@@ -65,8 +65,8 @@ def image_batches(images: np.ndarray, labels: np.ndarray, batch: int = BATCH):
 
 
 def _views(on: str) -> dict:
-    """How an off-the-shelf guide is evaluated: as it guides (ReLU → Softplus β = 10), with the issue's β = 3, and as
-    trained; a noise-aware guide as it guides only (its ReLUs are kept when it guides)."""
+    """How an off-the-shelf guide is evaluated: as it guides (ReLU → Softplus β = 10), with the issue's β = 3, and
+    as trained; a noise-aware guide as it guides only (its ReLUs are kept when it guides)."""
     if on == "x_t":
         return {"as_guides": None}
     return {f"softplus{SOFTPLUS_BETA:g}": SOFTPLUS_BETA, f"softplus{ISSUE_SOFTPLUS_BETA:g}": ISSUE_SOFTPLUS_BETA,
@@ -94,15 +94,10 @@ def _trajectory_logits(module: nn.Module, on: str, x: np.ndarray, t: np.ndarray,
             rows.append(collect_logits(module, [(inputs[s:s + BATCH], y[s:s + BATCH])
                                                 for s in range(0, len(inputs), BATCH)])[0])
         else:
-            at_t, device = AtTimestep(module, int(step_t)), _device(module)
+            at_t, device = AtTimestep(module, int(step_t)), module_device(module)
             rows.append(torch.cat([at_t(inputs[s:s + BATCH].to(device)).double().cpu()
                                    for s in range(0, len(inputs), BATCH)]))
     return torch.stack(rows)
-
-
-def _device(module: nn.Module) -> torch.device:
-    parameter = next(iter(module.parameters()), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def trajectory_calibration(module: nn.Module, on: str, trajectories: dict, beta=None) -> dict:
@@ -112,7 +107,7 @@ def trajectory_calibration(module: nn.Module, on: str, trajectories: dict, beta=
     with _context(beta):
         logits = _trajectory_logits(module, on, x, trajectories["t"], trajectories["labels"])
     pooled = calibration_summary(logits.reshape(-1, logits.shape[-1]), labels.repeat(len(logits)), num_bins=NUM_BINS)
-    return {"pooled": pooled, "ece_t": _per_timestep(logits, labels, [int(t) for t in trajectories["t"]], NUM_BINS)}
+    return {"pooled": pooled, "ece_t": ece_per_timestep(logits, labels, [int(t) for t in trajectories["t"]], NUM_BINS)}
 
 
 def clean_calibration(module: nn.Module, on: str, batches, beta=None) -> dict:
