@@ -11,7 +11,8 @@ import torch
 from diffguide.studies.cifar10 import aligned_plan, aligned_study, guidance_plan, guidance_study, run_next
 from diffguide.studies.cifar10.assets import tiny_assets
 from diffguide.studies.cifar10.report import aligned_report
-from diffguide.studies.cifar10.runner import chosen_scale, load_results, run_training
+from diffguide.studies.cifar10.plan import extension_scales
+from diffguide.studies.cifar10.runner import chosen_scale, grid_scales, load_results, needed, run_training
 
 
 def _samples(units, group):
@@ -28,7 +29,13 @@ def test_guidance_plan_is_issue_13_protocol():
     methods = guidance_plan.methods()
     for method in methods:
         assert sorted(u.params["seed"] for u in final if u.params["method"] == method) == [1, 2, 3]
-        assert [u.params["scale"] for u in grid if u.params["method"] == method] == list(methods[method]["grid"])
+        mine = [u for u in grid if u.params["method"] == method]
+        assert [u.params["scale"] for u in mine if "extension" not in u.params] == list(methods[method]["grid"])
+        assert [(u.params["extension"], u.params["scale"]) for u in mine if "extension" in u.params] \
+            == extension_scales(methods[method]["grid"], 2)
+    assert extension_scales((0.125, 0.25, 0.5, 1.0, 2.0), 2) == [(-1, 0.0625), (-2, 0.03125), (1, 4.0), (2, 8.0)]
+    assert extension_scales((0.0,), 2) == []  # no guidance: nothing to extend
+    assert methods["elucd_resnet32"]["grid"] == methods["js_a0.5_e0.9"]["grid"] == (0.125, 0.25, 0.5, 1.0, 2.0)
     assert {(u.params["sampler"], u.params["steps"], u.params["seed"]) for u in subset} \
         == {("ddim", 50, s) for s in (1, 2, 3)}
     assert methods["cfg"]["grid"] == (0.25, 0.5, 1.0, 2.0, 3.0)
@@ -61,6 +68,16 @@ def test_aligned_plan_is_issue_14_protocol():
     assert {(u.params["sampler"], u.params["steps"]) for u in steps} == {
         ("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp_2m", 10), ("dpmpp_2m", 20), ("ddpm", 250)}
     assert {u.params["scale"] for u in steps} == {None, 1.0} and {u.params["seed"] for u in steps} == {1, 2, 3}
+    seeds = {}
+    for u in steps:
+        seeds.setdefault((u.params["method"], u.params["scale"], u.params["sampler"], u.params["steps"]), []).append(
+            u.params["seed"])
+    for (arm, scale, sampler, n), found in seeds.items():  # 3 seeds at the common w and at the claims' best-w points
+        claim = (sampler, n) in (("ddim", 10), ("ddim", 20), ("ddim", 50))
+        assert found == ([1, 2, 3] if scale == 1.0 or claim else [1]), (arm, scale, sampler, n)
+    order = [u.id for u in units if u.kind == "train"]
+    assert order == ["standard", "aligned_w1", "aligned_w2", "aligned_ft_w1", "aligned_w1_stopgrad"]
+    assert units[-1].params["sampler"] == "ddpm"  # DDPM 250, the reference point, runs last
     train = {u.id: u.params for u in units if u.kind == "train"}
     assert train["standard"]["steps"] == 23679 and train["aligned_ft_w1"]["steps"] == 2368  # 10% of the budget
     assert train["aligned_ft_w1"]["init_from"] == "standard"
@@ -83,6 +100,40 @@ def test_best_scale_reads_seed_0_grid_only():
     assert chosen_scale(study, "cfg", results) == 2.0
     del results[grid[0].id]
     assert chosen_scale(study, "cfg", results) is None  # an incomplete grid chooses nothing
+
+
+def test_edge_rule_extends_a_grid_whose_best_is_at_its_end():
+    """EluCD's grid (0.125 … 2) with FID falling towards 0: the rule asks for 0.0625, then 0.03125 (two halvings at
+    most), never for the points above; a minimum inside the grid settles it at once."""
+    study = guidance_study({}, tiny=False)
+    points = {u.params["scale"]: u for u in _samples(study.units, "grid") if u.params["method"] == "elucd_resnet32"}
+    results = {points[s].id: _fake(points[s], 10.0 + s) for s in (0.125, 0.25, 0.5, 1.0, 2.0)}
+    assert grid_scales(study, "elucd_resnet32", results) == ([0.0625, 0.125, 0.25, 0.5, 1.0, 2.0], False)
+    assert chosen_scale(study, "elucd_resnet32", results) is None
+    assert needed(study, points[0.0625], results) is True and needed(study, points[0.03125], results) is None
+    results[points[0.0625].id] = _fake(points[0.0625], 10.0 + 0.0625)
+    results[points[0.03125].id] = _fake(points[0.03125], 10.0 + 0.03125)
+    assert grid_scales(study, "elucd_resnet32", results) == ([0.03125, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0], True)
+    assert chosen_scale(study, "elucd_resnet32", results) == 0.03125  # at the edge after two extensions: kept
+    assert needed(study, points[4.0], results) is False and needed(study, points[8.0], results) is False
+    results = {points[s].id: _fake(points[s], 10.0 + abs(s - 0.5)) for s in (0.125, 0.25, 0.5, 1.0, 2.0)}
+    assert chosen_scale(study, "elucd_resnet32", results) == 0.5
+    assert needed(study, points[0.0625], results) is False
+    results[points[4.0].id] = _fake(points[4.0], 0.0)  # a run outside the settled grid chooses nothing
+    assert chosen_scale(study, "elucd_resnet32", results) == 0.5
+
+
+def test_guidance_plan_runs_tier_by_tier():
+    units = [u for u in guidance_plan.units() if u.kind != "sample" or u.params["group"] != "subset"]
+    position = {u.id: i for i, u in enumerate(units)}
+    first = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[0]]
+    second = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[1]]
+    assert max(position[u.id] for u in first) < position["clf_ce"] < min(position[u.id] for u in second)
+    last_final = max(position[u.id] for u in second if u.params["group"] == "final")
+    third = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[2]]
+    assert last_final < min(position[u.id] for u in third)
+    others = [u for u in units if u.kind == "sample" and u.params["method"] == "hellinger_a0.25_e0.9"]
+    assert min(position[u.id] for u in others) > max(position[u.id] for u in third + second + first)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,14 @@ arm; the control — the standard model at w_eff = (w′ − w_train)/(1 + w_tra
 Best w = the lowest FID of that seed-0 curve. FID vs steps: DDIM 10/20/50/100, DPM-Solver++(2M) 10/20, DDPM 250,
 10k samples at seeds 1, 2, 3, at each arm's best w and at the common w = 1. Sample grids (10 samples per class,
 labels balanced, seed 0, DDIM-50) at w = 0, 1, 3 for standard, aligned_w1 and aligned_w2.
+
+Amendment, after the standard arm's seed-0 w-curve and before any other arm was trained or any seed 1–3 run: (1)
+spread, as the issue words it ("3 sampling seeds at each arm's best point and at the fixed-w points of the steps
+curve; one seed elsewhere"): at the best w the claims' points (DDIM 10 and 20, fewer steps; DDIM 50, best FID) get
+seeds 1–3, the other best-w step points seed 1 only; every common-w point keeps seeds 1–3. (2) Run order, so that a
+GPU budget ending mid-plan leaves whole later arms unrun rather than half of every arm: :data:`ARM_ORDER` arm by arm
+(training, seed-0 w-curve, its control points, its claims' step points), the sample grids after aligned_w2, then the
+other step points of every arm, DDPM 250 last. The report lists what is left.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ CURVE_SAMPLER, CURVE_STEPS, CURVE_SEED, SAMPLES = "ddim", 50, 0, 10_000
 STEP_POINTS = (("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp_2m", 10), ("dpmpp_2m", 20),
                ("ddpm", 250))
 SPREAD_SEEDS = (1, 2, 3)
+CLAIM_STEP_POINTS = (("ddim", 10), ("ddim", 20), ("ddim", 50))  # fewer steps (10, 20) and best FID (50): 3 seeds
+ARM_ORDER = ("standard", "aligned_w1", "aligned_w2", "aligned_ft_w1", "aligned_w1_stopgrad")
 IMAGE_ARMS, IMAGE_W, IMAGE_SEED = ("standard", "aligned_w1", "aligned_w2"), (0.0, 1.0, 3.0), 0
 ARMS = {
     "standard": {"loss": {"kind": "standard"}, "steps": STEPS},
@@ -51,10 +61,11 @@ def methods() -> dict[str, dict]:
             for arm in ARMS}
 
 
-def control_scales(w_grid=W_GRID) -> list[float]:
-    """w_eff of every aligned point, rounded to 6 decimals (distinct values, sorted)."""
-    return sorted({round(effective_guidance(w, w_train(arm)), 6) for arm in ARMS if w_train(arm) is not None
-                   for w in w_grid})
+def control_scales(w_grid=W_GRID, arms=None) -> list[float]:
+    """w_eff of every aligned point (of ``arms``; None: every arm), rounded to 6 decimals (distinct values,
+    sorted)."""
+    return sorted({round(effective_guidance(w, w_train(arm)), 6) for arm in (arms or ARMS)
+                   if w_train(arm) is not None for w in w_grid})
 
 
 def train_units(steps_scale: float = 1.0) -> list[Unit]:
@@ -68,28 +79,36 @@ def train_units(steps_scale: float = 1.0) -> list[Unit]:
 
 
 def units(samples: int = SAMPLES, steps_scale: float = 1.0, step_points=STEP_POINTS, w_grid=W_GRID,
-          curve_steps: int = CURVE_STEPS) -> list[Unit]:
-    """The plan in run order: reference, the five trainings, the seed-0 w-curves, the control, the sample grids, the
-    steps curves."""
-    specs = methods()
-    out = [reference_unit(), *train_units(steps_scale)]
-    for arm in ARMS:
-        for w in w_grid:
-            out.append(sample_unit("", arm, specs[arm], w, sampler=CURVE_SAMPLER, steps=curve_steps, seed=CURVE_SEED,
-                                   num_samples=samples, group="wcurve"))
-    seen = {u.id for u in out}
-    for w in control_scales(w_grid):
-        unit = sample_unit("", "standard", specs["standard"], w, sampler=CURVE_SAMPLER, steps=curve_steps,
-                           seed=CURVE_SEED, num_samples=samples, group="wcurve")
-        if unit.id not in seen:  # w_eff ∈ {0, 1, ...} is already a point of the standard curve
-            seen.add(unit.id)
-            out.append(unit)
-    out += [sample_grid_unit(arm, specs[arm], w, sampler=CURVE_SAMPLER, steps=curve_steps, seed=IMAGE_SEED)
-            for arm in IMAGE_ARMS for w in IMAGE_W]
-    for arm in ARMS:
-        for scale in (None, COMMON_W):
-            for sampler, steps in step_points:
-                for seed in SPREAD_SEEDS:
-                    out.append(sample_unit("", arm, specs[arm], scale, sampler=sampler, steps=steps, seed=seed,
-                                           num_samples=samples, group="steps"))
+          curve_steps: int = CURVE_STEPS, claim_points=CLAIM_STEP_POINTS) -> list[Unit]:
+    """The plan in run order (the amendment above): the reference; arm by arm its training, seed-0 w-curve, control
+    points and claims' step points; the sample grids after aligned_w2; every arm's other step points; DDPM last."""
+    specs, trainings = methods(), {u.id: u for u in train_units(steps_scale)}
+
+    def point(arm, scale, sampler, steps, seed, group):
+        return sample_unit("", arm, specs[arm], scale, sampler=sampler, steps=steps, seed=seed, num_samples=samples,
+                           group=group)
+
+    def steps_units(arm, points):
+        return [point(arm, scale, sampler, steps, seed, "steps") for sampler, steps in points
+                for scale in (None, COMMON_W)
+                for seed in (SPREAD_SEEDS if scale is not None or (sampler, steps) in claim_points
+                             else SPREAD_SEEDS[:1])]
+
+    out, seen = [reference_unit()], set()
+    for arm in ARM_ORDER:
+        curve = [point(arm, w, CURVE_SAMPLER, curve_steps, CURVE_SEED, "wcurve") for w in w_grid]
+        control = [point("standard", w, CURVE_SAMPLER, curve_steps, CURVE_SEED, "wcurve")
+                   for w in control_scales(w_grid, [arm]) if arm != "standard"]
+        claims = steps_units(arm, [p for p in step_points if p in claim_points])
+        for unit in (trainings[arm], *curve, *control, *claims):
+            if unit.id not in seen:  # w_eff ∈ {0, 1, ...} is already a point of the standard curve
+                seen.add(unit.id)
+                out.append(unit)
+        if arm == "aligned_w2":
+            out += [sample_grid_unit(a, specs[a], w, sampler=CURVE_SAMPLER, steps=curve_steps, seed=IMAGE_SEED)
+                    for a in IMAGE_ARMS for w in IMAGE_W]
+    later = [p for p in step_points if p not in claim_points]
+    last = [p for p in later if p[0] == "ddpm"]
+    for points in ([p for p in later if p not in last], last):
+        out += [u for arm in ARM_ORDER for u in steps_units(arm, points)]
     return out

@@ -33,12 +33,28 @@ computed as Softplus(3) these CIFAR ResNets classify the clean test images at ch
 smallest β of {3, 10, 30, 100} whose clean accuracy is within 0.01 of ReLU's for each of ResNet-20/32/44 (β = 10:
 0.809 / 0.811 / 0.820). One extra method, ``elucd_resnet32_softplus3`` (the EluCD baseline with β = 3), shows what
 the issue's setting gives. The calibration diagnostics score the ResNets at β = 10, β = 3 and with ReLU.
+
+Amendment 3, after the seed-0 grids of no guidance, CFG, the EluCD baseline and reverse KL (two of its points), before
+any seed-1–3 run and before any other method was sampled: the x̂0 grid was (0.5, 1, 2, 4, 8) and both x̂0 methods had
+their lowest FID at its lowest point (EluCD ResNet-32: 13.67 / 23.99 / 60.28 / 117.66 / 174.51; reverse KL 12.96 /
+22.15 at 0.5 / 1), so the grid could not place their optimum. Every x̂0 method's grid becomes (0.125, 0.25, 0.5, 1,
+2), and every grid (CFG, x̂0, noise-aware, combined) gets one edge rule: while the lowest seed-0 FID is at the grid's
+lowest (highest) point, the point at half (twice) that scale is added, at most ``GRID_EXTENSIONS`` times on each
+side (``plan.extension_scales``; the runner's ``grid_scales``). Only seed-0 runs choose scales, so the held-out
+seeds 1–3 stay unseen. EluCD ResNet-32's JSONs at 4 and 8 stay in the results as runs outside its amended grid.
+
+Run order (amendment 3; the plan is unchanged otherwise): ``TIERS`` — each tier's seed-0 grids, then its seeds 1–3,
+so the claims get their runs in turn: (1) no guidance, CFG, the EluCD baseline and reverse KL; (2) the noise-aware
+pair (training, calibration, ADM-G before / after Smooth-ECE); (3) JS, forward KL, Hellinger; (4) tilted and the
+three entropy rules; then the other guides' and (α, ε) points' grids, the combination with CFG (its "best" reads
+every guided method's grid), the pictures, the DDIM subset and the other points' seeds 1–3. A GPU budget that ends
+mid-plan leaves the later tiers unrun, as the report's last section lists.
 """
 
 from __future__ import annotations
 
-from .plan import (Unit, calibration_unit, gradnorm_unit, reference_unit, sample_grid_unit, sample_unit,
-                   trajectory_unit, training_seconds)
+from .plan import (Unit, calibration_unit, extension_scales, gradnorm_unit, reference_unit, sample_grid_unit,
+                   sample_unit, trajectory_unit, training_seconds)
 
 NAME = "cifar10_guidance"
 SAMPLER, STEPS = "ddpm", 100
@@ -46,9 +62,10 @@ SUBSET_SAMPLER, SUBSET_STEPS = "ddim", 50
 GRID_SEED, FINAL_SEEDS = 0, (1, 2, 3)
 GRID_SAMPLES, FINAL_SAMPLES = 5_000, 10_000
 CFG_GRID = (0.25, 0.5, 1.0, 2.0, 3.0)
-X0_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)
+X0_GRID = (0.125, 0.25, 0.5, 1.0, 2.0)  # amendment 3
 XT_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)
 COMBINED_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # classifier scale on top of CFG at CFG's chosen w
+GRID_EXTENSIONS = 2  # amendment 3's edge rule: at most this many halvings / doublings on each side
 DIVERGENCE_POINTS = ((0.5, 0.9), (0.25, 0.9), (0.5, 0.95))  # (α, ε): the spec defaults and one step along each
 CLASSIFIER_STEPS, CLASSIFIER_BATCH, ECE_WEIGHT = 20_000, 128, 1.0
 CLASSIFIER_TIMESTEPS = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
@@ -65,6 +82,10 @@ IMAGE_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "til
                  "reverse_kl_a0.5_e0.9", "forward_kl_a0.5_e0.9", "js_a0.5_e0.9", "hellinger_a0.5_e0.9",
                  "best_cg_plus_cfg")
 IMAGE_SEED = 0
+TIERS = (("none", "cfg", "elucd_resnet32", "reverse_kl_a0.5_e0.9"),
+         ("adm_g_ce", "adm_g_sece"),
+         ("js_a0.5_e0.9", "forward_kl_a0.5_e0.9", "hellinger_a0.5_e0.9"),
+         ("tilted", "entropy_confidence", "entropy_inverse_entropy", "entropy_time"))
 
 
 def _x0(guide: str, **spec) -> dict:
@@ -122,28 +143,38 @@ def diagnostic_units(specs: dict, steps: int, trajectory_samples: int, test_imag
 def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, steps: int = STEPS,
           subset_steps: int = SUBSET_STEPS, grid_limit: int | None = None,
           classifier_steps: int = CLASSIFIER_STEPS, trajectory_samples: int = TRAJECTORY_SAMPLES,
-          test_images: int = TEST_IMAGES, gradnorm_samples: int = GRADNORM_SAMPLES) -> list[Unit]:
-    """The plan in run order: reference, classifiers, trajectories and calibration, every seed-0 grid, the ‖∇J‖ and
-    sample-grid units, then the chosen scales at seeds 1-3, then the DDIM subset. ``grid_limit`` keeps the first
-    values of each grid (the --tiny check only; reported as such)."""
+          test_images: int = TEST_IMAGES, gradnorm_samples: int = GRADNORM_SAMPLES,
+          grid_extensions: int = GRID_EXTENSIONS) -> list[Unit]:
+    """The plan in run order (amendment 3, module docstring): the reference, trajectories and the ResNets'
+    calibration; then tier by tier (:data:`TIERS`; the noise-aware classifiers and their calibration before tier 2)
+    each method's seed-0 grid (with its possible edge extensions) and its seeds 1-3; then the other methods' grids,
+    the combination with CFG, the ‖∇J‖ and sample-grid units, the DDIM subset and the other methods' seeds 1-3.
+    ``grid_limit`` keeps the first values of each grid (the --tiny check only; reported as such)."""
     specs = methods()
     calibration, pictures = diagnostic_units(specs, steps, trajectory_samples, test_images, gradnorm_samples)
-    out = [reference_unit(), *classifier_units(classifier_steps), *calibration]
-    order = [m for m in specs if m != "best_cg_plus_cfg"] + ["best_cg_plus_cfg"]
-    for method in order:
-        for scale in specs[method]["grid"][:grid_limit]:
-            out.append(sample_unit("", method, specs[method], scale, sampler=SAMPLER, steps=steps, seed=GRID_SEED,
-                                   num_samples=grid_samples, group="grid"))
-    out += pictures
-    for method in order:
-        for seed in FINAL_SEEDS:
-            out.append(sample_unit("", method, specs[method], None, sampler=SAMPLER, steps=steps, seed=seed,
-                                   num_samples=final_samples, group="final"))
-    for method in SUBSET_METHODS:
-        for seed in FINAL_SEEDS:
-            out.append(sample_unit("", method, specs[method], None, sampler=SUBSET_SAMPLER, steps=subset_steps,
-                                   seed=seed, num_samples=final_samples, group="subset"))
-    return out
+    trajectories, *calibrations = calibration
+    noise_aware = [u for u in calibrations if u.params["guide"].startswith("clf_")]
+
+    def grid(method):
+        base = specs[method]["grid"][:grid_limit]
+        points = [(0, s) for s in base] + extension_scales(base, grid_extensions)
+        return [sample_unit("", method, specs[method], scale, sampler=SAMPLER, steps=steps, seed=GRID_SEED,
+                            num_samples=grid_samples, group="grid", extension=k) for k, scale in points]
+
+    def finals(method, sampler=SAMPLER, n_steps=steps, group="final"):
+        return [sample_unit("", method, specs[method], None, sampler=sampler, steps=n_steps, seed=seed,
+                            num_samples=final_samples, group=group) for seed in FINAL_SEEDS]
+
+    out = [reference_unit(), trajectories, *(u for u in calibrations if u not in noise_aware)]
+    for number, tier in enumerate(TIERS, 1):
+        if number == 2:
+            out += [*classifier_units(classifier_steps), *noise_aware]
+        out += [u for m in tier for u in grid(m)] + [u for m in tier for u in finals(m)]
+    tiered = {m for tier in TIERS for m in tier}
+    rest = [m for m in specs if m not in tiered and m != "best_cg_plus_cfg"]
+    out += [u for m in rest for u in grid(m)] + grid("best_cg_plus_cfg") + finals("best_cg_plus_cfg") + pictures
+    out += [u for m in SUBSET_METHODS for u in finals(m, SUBSET_SAMPLER, subset_steps, "subset")]
+    return out + [u for m in rest for u in finals(m)]
 
 
 CLAIMS = (

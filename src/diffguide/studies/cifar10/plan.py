@@ -8,12 +8,12 @@ A study is a list of :class:`Unit` s, run in order by :mod:`.runner`:
 - ``sample`` — one sampling run scored against the reference: its metrics JSON in the results folder *is* the
   unit's completion mark. ``scale=None`` means "the scale chosen from this method's seed-0 grid JSONs" (lowest FID).
 
-Estimated H200 seconds use docs/performance.md: DDIM-50 CFG sampling 205 img/s (compiled, batch 2500, one batched
-[cond, ∅] forward per step), so one network evaluation pass of a CFG step costs 1/(205·50) s per image; a plain
-conditional step half of that; a classifier-guided step ×2.5 (forward + backward of the guide; ADM-G ran at
-1.47–1.59x the unguided cost in the ADM benchmark, rounded up for the backward through x̂0); training 4,683 img/s
-at batch 128 plus 100 s of compilation per command; Inception features 2,000 img/s (not measured on the H200: a
-guess, stated).
+Estimated H200 seconds use docs/performance.md and the first study units (2026-12-01): DDIM-50 CFG sampling 205
+img/s (compiled, batch 2500, one batched [cond, ∅] forward per step; a 10k unit sampled in 49.2 s), so one CFG
+step costs 1/(205·50) s per image; a plain conditional step half of that; a classifier-guided step ×1.4 (an x̂0
+ResNet-32 DDPM-100 5k unit sampled in 32.4 s against 24.4 s estimated unguided: ×1.33); training 4,683 img/s at
+batch 128 plus 100 s of compilation per command; scoring (Inception features, FID, KID, PRDC, the judge) 20 s per
+unit (measured 17.7–23.6 s).
 
 Diagnostic units (not scored by FID; their own JSON in the results folder, except ``trajectories``, a cache file):
 ``trajectories`` (x̂0 and x_t of unguided DDPM runs at fixed steps), ``calibration`` (one guiding classifier),
@@ -39,10 +39,11 @@ def sampling_variance(sampler: str) -> str | None:
 
 
 CFG_STEP_S = 1.0 / (205 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
-GUIDED_FACTOR = 2.5
+GUIDED_FACTOR = 1.4
 TRAIN_IMG_S = 4683.0
 COMPILE_S = 100.0
-FEATURES_IMG_S = 2000.0
+SCORING_S = 20.0
+FEATURES_IMG_S = 2300.0  # the reference's Inception features, benchmarks/results/cifar_fid_features_h200.json
 EAGER_FACTOR = 3.0
 LOAD_S = 30.0
 CALIBRATION_IMG_S = 20_000.0  # classifier forwards per second, small CIFAR ResNets / small_classifier (a guess)
@@ -62,9 +63,9 @@ class Unit:
 
 
 def sampling_seconds(num_samples: int, steps: int, *, cfg: bool, guided: bool) -> float:
-    """Estimated H200 seconds of one sampling run + its Inception features (see the module docstring)."""
+    """Estimated H200 seconds of one sampling run + its scoring (see the module docstring)."""
     per_step = CFG_STEP_S * (1.0 if cfg else 0.5) * (GUIDED_FACTOR if guided else 1.0)
-    return num_samples * (steps * per_step + 1.0 / FEATURES_IMG_S)
+    return num_samples * steps * per_step + SCORING_S
 
 
 def training_seconds(steps: int, batch_size: int = 128) -> float:
@@ -76,18 +77,24 @@ def reference_unit() -> Unit:
 
 
 def sample_unit(study_prefix: str, method: str, spec: dict, scale, *, sampler: str, steps: int, seed: int,
-                num_samples: int, group: str, needs=()) -> Unit:
-    """A sampling + scoring unit; its id (the JSON's name) says everything that identifies it."""
+                num_samples: int, group: str, needs=(), extension: int = 0) -> Unit:
+    """A sampling + scoring unit; its id (the JSON's name) says everything that identifies it. ``extension`` k ≠ 0
+    marks a seed-0 grid point beyond the fixed grid (:func:`extension_scales`): it runs only if the runner's edge
+    rule asks for it."""
     scale_tag = "best" if scale is None else f"{scale:g}".replace("-", "m")
     uid = f"{study_prefix}{group}__{method}__s{scale_tag}__{sampler}{steps}__seed{seed}__n{num_samples}"
     est = sampling_seconds(num_samples, steps, cfg=spec.get("cfg", False), guided=spec.get("guide") is not None)
     params = {"method": method, "scale": scale, "sampler": sampler, "steps": steps, "seed": seed,
-              "num_samples": num_samples, "group": group}
+              "num_samples": num_samples, "group": group, **({"extension": extension} if extension else {})}
     return Unit(uid, "sample", params, ("reference", *needs, *spec.get("needs", ())), est)
 
 
-def estimated_total(units: list[Unit]) -> float:
-    return sum(u.est_s for u in units)
+def extension_scales(grid, extensions: int) -> list[tuple[int, float]]:
+    """The grid points the edge rule may add beyond ``grid``: (−k, min/2^k) and (k, max·2^k) for k = 1..extensions
+    (none below a grid that starts at 0, none at all for the grid (0,))."""
+    low, high = min(grid), max(grid)
+    below = [(-k, low / 2**k) for k in range(1, extensions + 1)] if low > 0 else []
+    return below + ([(k, high * 2**k) for k in range(1, extensions + 1)] if high > 0 else [])
 
 
 def probe_seconds(num_samples: int, steps: int, *, cfg: bool, guided: bool) -> float:

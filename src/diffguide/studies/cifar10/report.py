@@ -13,7 +13,7 @@ from ...io import atomic_write_text
 from .. import verdict
 from . import aligned_plan, guidance_plan
 from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
-from .runner import Study, chosen_scale, is_done, load_results
+from .runner import Study, chosen_scale, grid_scales, is_done, load_results, needed
 
 METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
 VERDICT_WORDS = {"held": "HELD", "did not hold": "NOT HELD", "within noise": "WITHIN NOISE", "mixed": "MIXED",
@@ -99,13 +99,15 @@ def claims_table(rows: list[tuple[str, dict | None]]) -> list[str]:
 
 
 def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
-    missing = [u for u in study.units if not is_done(study, u, cache, results)]
+    missing = [(u, needed(study, u, results)) for u in study.units if not is_done(study, u, cache, results)]
+    missing = [(u, need) for u, need in missing if need is not False]  # an edge point its grid settled without
     lines = ["## Not yet run", ""]
     if not missing:
         return lines + ["Nothing: every unit of the plan is done.", ""]
-    lines += [f"{len(missing)} of {len(study.units)} units (~{sum(u.est_s for u in missing) / 60:.0f} H200 minutes "
-              "estimated, docs/performance.md throughputs):", ""]
-    lines += [f"- `{u.id}` ({u.kind}, ~{u.est_s / 60:.1f} min)" for u in missing]
+    lines += [f"{len(missing)} of {len(study.units)} units, in run order (~{sum(u.est_s for u, _ in missing) / 60:.0f} "
+              "H200 minutes estimated, plan.py's throughputs; edge points that may not be needed included):", ""]
+    lines += [f"- `{u.id}` ({u.kind}, ~{u.est_s / 60:.1f} min{'; an edge point, if the rule asks' if need is None else ''})"
+              for u, need in missing]
     return lines + [""]
 
 
@@ -136,13 +138,19 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
         cost = mean_std([r["seconds_per_1k_samples"] for r in rs])
         lines.append(f"| {method} | {'–' if scale is None else scale} | " + " | ".join(cells)
                      + f" | {guide} | {cost} | {sum(bool(r.get('failed')) for r in rs)}/{len(rs)} |")
-    lines += ["", "## Scale grids (seed 0, 5k samples, DDPM-100): FID", "", "| method | FID at each scale |",
-              "|---|---|"]
+    lines += ["", "## Scale grids (seed 0, 5k samples, DDPM-100): FID", "",
+              "Each method's grid as the edge rule left it (amendment 3); a scale in brackets is an edge point "
+              "the rule added; runs outside the grid are listed after it and choose nothing.", "",
+              "| method | FID at each scale | chosen | runs outside the grid |", "|---|---|---|---|"]
     for method, spec in study.methods.items():
         points = {r["scale"]: r for r in runs(study, results, method=method, group="grid")}
-        lines.append(f"| {method} | " + ", ".join(
-            f"{s:g}: {mean_std([value(points[s], 'fid')]) if s in points else 'not yet run'}" for s in spec["grid"])
-            + " |")
+        scales, settled = grid_scales(study, method, results)
+        cells = [f"{f'[{s:g}]' if s not in spec['grid'] else f'{s:g}'}: "
+                 f"{mean_std([value(points[s], 'fid')]) if s in points else 'not yet run'}" for s in scales]
+        outside = ", ".join(f"{s:g}: {mean_std([value(r, 'fid')])}" for s, r in sorted(points.items()) if s not in scales)
+        chosen = chosen_scale(study, method, results)
+        lines.append(f"| {method} | " + ", ".join(cells) + f" | {'–' if chosen is None else f'{chosen:g}'} | "
+                     f"{outside or '–'} |")
     lines += ["", "## DDIM-50 subset (chosen scale, seeds 1–3)", "", "| method | FID | precision | recall | "
               "judge consistency |", "|---|---|---|---|---|"]
     for method in gp.SUBSET_METHODS:

@@ -70,8 +70,20 @@ def is_done(study: Study, unit: Unit, cache: Path, results: dict) -> bool:
     return unit.id in results if unit.kind in RESULT_KINDS else cache_done(cache, unit)
 
 
+def needed(study: Study, unit: Unit, results: dict) -> bool | None:
+    """Whether a seed-0 grid point beyond the fixed grid (``params['extension']``) is asked for by the edge rule
+    (:func:`grid_scales`): True, False once the grid is settled without it, None while undecided. Every other unit:
+    True."""
+    if unit.kind != "sample" or not unit.params.get("extension"):
+        return True
+    scales, settled = grid_scales(study, unit.params["method"], results)
+    return True if unit.params["scale"] in scales else (False if settled else None)
+
+
 def waiting(study: Study, unit: Unit, results: dict) -> bool:
-    """Whether ``unit`` waits for seed-0 grid results (a scale still to be chosen)."""
+    """Whether ``unit`` waits for seed-0 grid results (a scale still to be chosen, or an edge point undecided)."""
+    if needed(study, unit, results) is None:
+        return True
     if unit.kind in ("sample", "sample_grid"):
         return resolve(study, unit, results) is None
     if unit.kind == "gradnorm":
@@ -84,16 +96,42 @@ def _fid(record: dict) -> float:
     return math.inf if record.get("failed") or value is None or not math.isfinite(value) else float(value)
 
 
-def chosen_scale(study: Study, method: str, results: dict):
-    """The scale of ``method``'s seed-0 grid with the lowest FID (failed runs score +inf), or None while a grid point
-    is missing. Reads only the seed-0 grid JSONs."""
-    grid = [u for u in study.units if u.kind == "sample" and u.params["group"] in GRID_GROUPS
+def _grid_points(study: Study, method: str) -> dict:
+    """{scale: unit} of ``method``'s seed-0 grid units: its fixed grid's points and the possible edge extensions."""
+    grid = study.methods[method]["grid"]
+    return {u.params["scale"]: u for u in study.units if u.kind == "sample" and u.params["group"] in GRID_GROUPS
             and u.params["method"] == method and u.params["seed"] == 0
-            and u.params["scale"] in study.methods[method]["grid"]]
-    if not grid or any(u.id not in results for u in grid):
+            and (u.params["scale"] in grid or u.params.get("extension"))}
+
+
+def grid_scales(study: Study, method: str, results: dict) -> tuple[list, bool]:
+    """(the scales of ``method``'s seed-0 grid so far, whether it is settled). The edge rule: start from the fixed
+    grid; while every point has run and the lowest FID (ties: the smaller scale) is at the lowest (highest) point,
+    add the next extension point below (above), as long as the plan has one. Unsettled while a point is missing."""
+    points = _grid_points(study, method)
+    below = sorted((s for s, u in points.items() if u.params.get("extension", 0) < 0), reverse=True)
+    above = sorted(s for s, u in points.items() if u.params.get("extension", 0) > 0)
+    scales = sorted(s for s, u in points.items() if not u.params.get("extension"))
+    while True:
+        if not scales or any(points[s].id not in results for s in scales):
+            return scales, False
+        best = min(scales, key=lambda s: (_fid(results[points[s].id]), s))
+        if best == scales[0] and below:
+            scales.insert(0, below.pop(0))
+        elif best == scales[-1] and above:
+            scales.append(above.pop(0))
+        else:
+            return scales, True
+
+
+def chosen_scale(study: Study, method: str, results: dict):
+    """The scale of ``method``'s settled seed-0 grid (:func:`grid_scales`) with the lowest FID (failed runs score
+    +inf; ties: the smaller scale), or None while the grid is not settled. Reads only the seed-0 grid JSONs."""
+    scales, settled = grid_scales(study, method, results)
+    if not settled:
         return None
-    best = min(grid, key=lambda u: (_fid(results[u.id]), u.params["scale"]))
-    return best.params["scale"]
+    points = _grid_points(study, method)
+    return min(scales, key=lambda s: (_fid(results[points[s].id]), s))
 
 
 def best_guided_method(study: Study, results: dict):
@@ -277,12 +315,15 @@ def _run_diagnostic(study: Study, unit: Unit, cache: Path, results_dir: Path, re
 
 
 def status(study: Study, cache_dir, results_dir) -> dict:
-    """{'done': [...], 'ready': [...], 'waiting': [...]} unit ids (waiting: needs seed-0 grid results first)."""
+    """{'done', 'ready', 'waiting', 'not needed'}: unit ids (waiting: needs seed-0 grid results first; not needed:
+    an edge point of a grid that settled without it)."""
     cache, results = Path(cache_dir).expanduser() / study.name, load_results(results_dir)
-    out = {"done": [], "ready": [], "waiting": []}
+    out = {"done": [], "ready": [], "waiting": [], "not needed": []}
     for unit in study.units:
         if is_done(study, unit, cache, results):
             out["done"].append(unit.id)
+        elif needed(study, unit, results) is False:
+            out["not needed"].append(unit.id)
         elif waiting(study, unit, results):
             out["waiting"].append(unit.id)
         else:
@@ -293,8 +334,9 @@ def status(study: Study, cache_dir, results_dir) -> dict:
 def describe(study: Study, cache_dir, results_dir) -> str:
     state = status(study, cache_dir, results_dir)
     left = [study.unit(u) for u in state["ready"] + state["waiting"]]
-    lines = [f"{study.name}: {len(state['done'])} of {len(study.units)} units done; left {len(left)} "
-             f"(~{sum(u.est_s for u in left) / 60:.0f} H200 min estimated)"]
+    skipped = f", {len(state['not needed'])} edge points not needed" if state["not needed"] else ""
+    lines = [f"{study.name}: {len(state['done'])} of {len(study.units)} units done{skipped}; left {len(left)} "
+             f"(~{sum(u.est_s for u in left) / 60:.0f} H200 min estimated, edge points included)"]
     lines += [f"  {'ready  ' if u.id in state['ready'] else 'waiting'} {u.id}  (~{u.est_s / 60:.1f} min)"
               for u in left]
     return "\n".join(lines)
@@ -322,7 +364,7 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
         if is_done(study, unit, cache, results) or any(not is_done(study, study.unit(n), cache, results)
                                                        for n in unit.needs):
             continue
-        if waiting(study, unit, results):
+        if needed(study, unit, results) is False or waiting(study, unit, results):
             continue
         remaining = deadline - time.monotonic()
         estimate = 0.0 if study.tiny else unit.est_s
@@ -339,5 +381,6 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
             break
         finished.append(unit.id)
     print(describe(study, cache_dir, results_dir))
-    left = sum(not is_done(study, u, cache, load_results(results_dir)) for u in study.units)
+    results = load_results(results_dir)
+    left = sum(not is_done(study, u, cache, results) and needed(study, u, results) is not False for u in study.units)
     return {"ran": ran, "finished": finished, "left": left}
