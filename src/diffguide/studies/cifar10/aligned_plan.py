@@ -69,12 +69,14 @@ def control_scales(w_grid=W_GRID, arms=None) -> list[float]:
 
 
 def train_units(steps_scale: float = 1.0) -> list[Unit]:
+    """The five trainings; an aligned step forwards [x_t, x_t] with [c̃, ∅] (2 × the batch), estimated as such."""
     out = []
     for arm, delta in ARMS.items():
         steps = max(2, int(delta["steps"] * steps_scale))
         needs = (delta["init_from"],) if "init_from" in delta else ()
+        forwarded = BATCH * (2 if delta["loss"]["kind"] == "aligned" else 1)
         out.append(Unit(arm, "train", {**delta, "steps": steps, "batch_size": BATCH, "seed": 0}, needs,
-                        training_seconds(steps, BATCH)))
+                        training_seconds(steps, forwarded)))
     return out
 
 

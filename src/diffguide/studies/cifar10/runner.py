@@ -315,15 +315,17 @@ def _run_diagnostic(study: Study, unit: Unit, cache: Path, results_dir: Path, re
 
 
 def status(study: Study, cache_dir, results_dir) -> dict:
-    """{'done', 'ready', 'waiting', 'not needed'}: unit ids (waiting: needs seed-0 grid results first; not needed:
-    an edge point of a grid that settled without it)."""
+    """{'done', 'ready', 'blocked', 'waiting', 'not needed'}: unit ids in plan order (blocked: a unit it needs is
+    unfinished; waiting: needs seed-0 grid results first; not needed: an edge point of a grid settled without it)."""
     cache, results = Path(cache_dir).expanduser() / study.name, load_results(results_dir)
-    out = {"done": [], "ready": [], "waiting": [], "not needed": []}
+    out = {"done": [], "ready": [], "blocked": [], "waiting": [], "not needed": []}
     for unit in study.units:
         if is_done(study, unit, cache, results):
             out["done"].append(unit.id)
         elif needed(study, unit, results) is False:
             out["not needed"].append(unit.id)
+        elif any(not is_done(study, study.unit(n), cache, results) for n in unit.needs):
+            out["blocked"].append(unit.id)
         elif waiting(study, unit, results):
             out["waiting"].append(unit.id)
         else:
@@ -332,13 +334,14 @@ def status(study: Study, cache_dir, results_dir) -> dict:
 
 
 def describe(study: Study, cache_dir, results_dir) -> str:
+    """The plan's status: a summary line, then every unit left, in run order, with its state and estimate."""
     state = status(study, cache_dir, results_dir)
-    left = [study.unit(u) for u in state["ready"] + state["waiting"]]
+    tag = {uid: name for name in ("ready", "blocked", "waiting") for uid in state[name]}
+    left = [u for u in study.units if u.id in tag]
     skipped = f", {len(state['not needed'])} edge points not needed" if state["not needed"] else ""
     lines = [f"{study.name}: {len(state['done'])} of {len(study.units)} units done{skipped}; left {len(left)} "
              f"(~{sum(u.est_s for u in left) / 60:.0f} H200 min estimated, edge points included)"]
-    lines += [f"  {'ready  ' if u.id in state['ready'] else 'waiting'} {u.id}  (~{u.est_s / 60:.1f} min)"
-              for u in left]
+    lines += [f"  {tag[u.id]:<7} {u.id}  (~{u.est_s / 60:.1f} min)" for u in left]
     return "\n".join(lines)
 
 
