@@ -46,9 +46,15 @@ def test_guidance_plan_is_issue_13_protocol():
     assert x0_betas.pop("elucd_resnet32_softplus3") == 3.0 and set(x0_betas.values()) == {10.0}  # amendment 2
     assert {methods[f"entropy_{r}"]["objective_params"]["rule"] for r in ("confidence", "inverse_entropy", "time")} \
         == {"confidence", "inverse_entropy", "time"}
-    ce, sece = guidance_plan.classifier_units()
-    assert (ce.params["ece_weight"], sece.params["ece_weight"]) == (0.0, 1.0)
-    assert ce.params["steps"] == sece.params["steps"] and ce.params["seed"] == sece.params["seed"] == 0
+    base, ce, sece = guidance_plan.classifier_units()
+    assert (base.kind, ce.kind, sece.kind) == ("train_classifier", "calibrate", "calibrate")
+    assert (base.params["ece_weight"], ce.params["ece_weight"], sece.params["ece_weight"]) == (0.0, 0.0, 0.1)
+    assert ce.needs == sece.needs == ("clf_base",) and ce.params["init_from"] == sece.params["init_from"] == "clf_base"
+    assert {k: v for k, v in ce.params.items() if k != "ece_weight"} == \
+        {k: v for k, v in sece.params.items() if k != "ece_weight"}  # the matched control: only λ differs
+    assert (sece.params["lr"], sece.params["weight_decay"]) == (1e-5, 0.0)  # the spec's fine-tuning values
+    assert {m: methods[m]["guide"] for m in ("adm_g_base", "adm_g_ce", "adm_g_sece")} == \
+        {"adm_g_base": "clf_base", "adm_g_ce": "clf_ce", "adm_g_sece": "clf_sece"}
     assert len({u.id for u in units}) == len(units)
 
 
@@ -128,7 +134,7 @@ def test_guidance_plan_runs_tier_by_tier():
     position = {u.id: i for i, u in enumerate(units)}
     first = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[0]]
     second = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[1]]
-    assert max(position[u.id] for u in first) < position["clf_ce"] < min(position[u.id] for u in second)
+    assert max(position[u.id] for u in first) < position["clf_base"] < min(position[u.id] for u in second)
     last_final = max(position[u.id] for u in second if u.params["group"] == "final")
     third = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[2]]
     assert last_final < min(position[u.id] for u in third)
@@ -239,7 +245,7 @@ def test_diagnostic_units_follow_what_they_need_in_both_plans():
     _needs_come_first(units)
     _needs_come_first(aligned_plan.units())
     calibration = {u.params["guide"]: u for u in units if u.kind == "calibration"}
-    assert set(calibration) == {"resnet20", "resnet32", "resnet44", "clf_ce", "clf_sece"}  # every guiding classifier
+    assert set(calibration) == {"resnet20", "resnet32", "resnet44", "clf_base", "clf_ce", "clf_sece"}  # every guide
     assert calibration["clf_sece"].needs == ("trajectories__ddpm100__seed10__n500", "clf_sece")
     (gradnorm,) = [u for u in units if u.kind == "gradnorm"]
     assert gradnorm.params["methods"] == ["elucd_resnet32", "reverse_kl_a0.5_e0.9", "js_a0.5_e0.9"]

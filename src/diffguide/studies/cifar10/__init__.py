@@ -15,9 +15,11 @@ TINY_STEPS = 3  # sampler steps of every --tiny run
 
 def guidance_study(assets: dict, tiny: bool = False) -> Study:
     """Issue 13's plan; ``tiny``: 24 samples per run, 3 sampler steps, the first 2 points of each scale grid and
-    no edge extensions, 2 classifier training steps, 40 trajectories, 80 test images, 20 samples for ‖∇J‖."""
-    units = guidance_plan.units(24, 24, TINY_STEPS, TINY_STEPS, grid_limit=2, classifier_steps=2,
-                                trajectory_samples=40, test_images=80, gradnorm_samples=20, grid_extensions=0) if tiny \
+    no edge extensions, 2 classifier training and 2 fine-tuning steps, 40 trajectories, 80 test images, 20 samples
+    for ‖∇J‖."""
+    units = guidance_plan.units(24, 24, TINY_STEPS, TINY_STEPS, grid_limit=2, classifier_steps=2, finetune_steps=2,
+                                trajectory_samples=40, test_images=80, gradnorm_samples=20,
+                                grid_extensions=0) if tiny \
         else guidance_plan.units()
     return Study(guidance_plan.NAME, units, guidance_plan.methods(), assets, tiny)
 

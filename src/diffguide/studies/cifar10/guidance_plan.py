@@ -7,8 +7,11 @@ images; class consistency judged by ResNet-56, which never guides.
 
 Guides: the off-the-shelf ResNet-20/-32/-44 on x̂0 (Softplus β = 3, their own input normalisation: [−1, 1] → [0, 1]
 → ImageNet mean/std); the paper's objectives guide with ResNet-32 (the middle one, fixed in advance). Noise-aware:
-two ``small_classifier`` runs of :func:`diffguide.train.train_classifier` on the JPEG train split, same seed and
-length, CE alone (the matched control, also "ADM-G before calibration") and CE + λ·Smooth-ECE (``ece_weight``).
+one ``small_classifier`` trained with :func:`diffguide.train.train_classifier` on the JPEG train split (CE,
+``clf_base``: "ADM-G before calibration"), then fine-tuned from it as ``diffguide calibrate`` does
+(:func:`diffguide.train.calibrate.finetune_calibration`: AdamW lr 1e-5, weight decay 0, x_t with t ~ U{0..999},
+frozen batch-norm statistics; :data:`FINETUNE` steps) with CE + λ·Smooth-ECE, λ = 0.1 (``clf_sece``, the spec's
+values) and, the matched control, with CE alone for the same steps from the same start (``clf_ce``).
 
 Diagnostics, fixed with the rest (after the amendment below, before any method was compared): the trajectories —
 unguided conditional DDPM-100 runs of the base model, 500 samples, labels balanced (50 per class), seed 10 (used by no
@@ -34,6 +37,11 @@ smallest β of {3, 10, 30, 100} whose clean accuracy is within 0.01 of ReLU's fo
 0.809 / 0.811 / 0.820). One extra method, ``elucd_resnet32_softplus3`` (the EluCD baseline with β = 3), shows what
 the issue's setting gives. The calibration diagnostics score the ResNets at β = 10, β = 3 and with ReLU.
 
+Amendment 4, with amendment 3 and before any noise-aware classifier was trained: the noise-aware arm follows the
+issue (a base classifier, then CE + λ·Smooth-ECE fine-tuning against a CE-only fine-tune of the same start, now that
+``diffguide calibrate`` takes noise-aware classifiers) instead of two classifiers trained from scratch with and
+without the Smooth-ECE term (λ = 1); ADM-G with the base classifier is one more method (``adm_g_base``).
+
 Amendment 3, after the seed-0 grids of no guidance, CFG, the EluCD baseline and reverse KL (two of its points), before
 any seed-1–3 run and before any other method was sampled: the x̂0 grid was (0.5, 1, 2, 4, 8) and both x̂0 methods had
 their lowest FID at its lowest point (EluCD ResNet-32: 13.67 / 23.99 / 60.28 / 117.66 / 174.51; reverse KL 12.96 /
@@ -45,7 +53,7 @@ seeds 1–3 stay unseen. EluCD ResNet-32's JSONs at 4 and 8 stay in the results 
 
 Run order (amendment 3; the plan is unchanged otherwise): ``TIERS`` — each tier's seed-0 grids, then its seeds 1–3,
 so the claims get their runs in turn: (1) no guidance, CFG, the EluCD baseline and reverse KL; (2) the noise-aware
-pair (training, calibration, ADM-G before / after Smooth-ECE); (3) JS, forward KL, Hellinger; (4) tilted and the
+arm (the base classifier, its two fine-tunes, their calibration, ADM-G with each); (3) JS, forward KL, Hellinger; (4) tilted and the
 three entropy rules; then the other guides' and (α, ε) points' grids, the combination with CFG (its "best" reads
 every guided method's grid), the pictures, the DDIM subset and the other points' seeds 1–3. A GPU budget that ends
 mid-plan leaves the later tiers unrun, as the report's last section lists.
@@ -53,8 +61,8 @@ mid-plan leaves the later tiers unrun, as the report's last section lists.
 
 from __future__ import annotations
 
-from .plan import (Unit, calibration_unit, extension_scales, gradnorm_unit, reference_unit, sample_grid_unit,
-                   sample_unit, trajectory_unit, training_seconds)
+from .plan import (CALIBRATION_IMG_S, LOAD_S, Unit, calibration_unit, extension_scales, gradnorm_unit, reference_unit,
+                   sample_grid_unit, sample_unit, trajectory_unit, training_seconds)
 
 NAME = "cifar10_guidance"
 SAMPLER, STEPS = "ddpm", 100
@@ -67,23 +75,25 @@ XT_GRID = (0.5, 1.0, 2.0, 4.0, 8.0)
 COMBINED_GRID = (0.25, 0.5, 1.0, 2.0, 4.0)  # classifier scale on top of CFG at CFG's chosen w
 GRID_EXTENSIONS = 2  # amendment 3's edge rule: at most this many halvings / doublings on each side
 DIVERGENCE_POINTS = ((0.5, 0.9), (0.25, 0.9), (0.5, 0.95))  # (α, ε): the spec defaults and one step along each
-CLASSIFIER_STEPS, CLASSIFIER_BATCH, ECE_WEIGHT = 20_000, 128, 1.0
+CLASSIFIER_STEPS, CLASSIFIER_BATCH, ECE_WEIGHT = 20_000, 128, 0.1
+FINETUNE = {"steps": 2_000, "batch_size": 128, "lr": 1e-5, "weight_decay": 0.0, "seed": 0}  # ~5 epochs: "minimal"
 CLASSIFIER_TIMESTEPS = [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999]
 ELUCD = {"objective": "baseline", "objective_params": {"tau1": 1.0, "tau2": 0.5}, "schedule": "sine",
          "schedule_params": {"gamma": 0.3}, "rule": "elucd"}
 JUDGE = "resnet56"
 SUBSET_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "reverse_kl_a0.5_e0.9")
-GUIDES = ("resnet20", "resnet32", "resnet44", "clf_ce", "clf_sece")  # every guiding classifier
+NOISE_AWARE = {"adm_g_base": "clf_base", "adm_g_ce": "clf_ce", "adm_g_sece": "clf_sece"}  # method: its classifier
+GUIDES = ("resnet20", "resnet32", "resnet44", *NOISE_AWARE.values())  # every guiding classifier
 TRAJECTORY_SEED, TRAJECTORY_SAMPLES, TEST_IMAGES = 10, 500, 10_000
 SOFTPLUS_BETA, ISSUE_SOFTPLUS_BETA = 10.0, 3.0  # amendment 2 (module docstring)
 GRADNORM_METHODS = ("elucd_resnet32", "reverse_kl_a0.5_e0.9", "js_a0.5_e0.9")
 GRADNORM_SEED, GRADNORM_SAMPLES = 1, 256
-IMAGE_METHODS = ("none", "cfg", "adm_g_ce", "adm_g_sece", "elucd_resnet32", "tilted", "entropy_confidence",
+IMAGE_METHODS = ("none", "cfg", "adm_g_base", "adm_g_sece", "elucd_resnet32", "tilted", "entropy_confidence",
                  "reverse_kl_a0.5_e0.9", "forward_kl_a0.5_e0.9", "js_a0.5_e0.9", "hellinger_a0.5_e0.9",
                  "best_cg_plus_cfg")
 IMAGE_SEED = 0
 TIERS = (("none", "cfg", "elucd_resnet32", "reverse_kl_a0.5_e0.9"),
-         ("adm_g_ce", "adm_g_sece"),
+         tuple(NOISE_AWARE),
          ("js_a0.5_e0.9", "forward_kl_a0.5_e0.9", "hellinger_a0.5_e0.9"),
          ("tilted", "entropy_confidence", "entropy_inverse_entropy", "entropy_time"))
 
@@ -99,7 +109,7 @@ def methods() -> dict[str, dict]:
         "none": {"guide": None, "grid": (0.0,), "scale_field": "cfg_w"},
         "cfg": {"guide": None, "cfg": True, "grid": CFG_GRID, "scale_field": "cfg_w"},
     }
-    for name, unit in (("adm_g_ce", "clf_ce"), ("adm_g_sece", "clf_sece")):
+    for name, unit in NOISE_AWARE.items():
         out[name] = {"guide": unit, "grid": XT_GRID, "scale_field": "classifier_scale", "objective": "log_softmax",
                      "rule": "score", "needs": (unit,)}
     for depth in (20, 32, 44):
@@ -118,13 +128,17 @@ def methods() -> dict[str, dict]:
     return out
 
 
-def classifier_units(steps: int = CLASSIFIER_STEPS) -> list[Unit]:
-    """The noise-aware pair: CE alone and CE + λ·Smooth-ECE, same seed, data, network and number of steps."""
-    est = training_seconds(steps, CLASSIFIER_BATCH) / 2  # small classifier: ~half the UNet's step cost (a guess)
-    delta = {"steps": steps, "batch_size": CLASSIFIER_BATCH, "seed": 0,
-             "eval_timesteps": CLASSIFIER_TIMESTEPS}
-    return [Unit("clf_ce", "train_classifier", {**delta, "ece_weight": 0.0}, (), est),
-            Unit("clf_sece", "train_classifier", {**delta, "ece_weight": ECE_WEIGHT}, (), est)]
+def classifier_units(steps: int = CLASSIFIER_STEPS, finetune_steps: int = FINETUNE["steps"]) -> list[Unit]:
+    """The noise-aware arm (amendment 4): the base classifier (CE), then two fine-tunes of it with the same seed,
+    data and number of steps — CE + λ·Smooth-ECE and CE alone (the matched control)."""
+    base = Unit("clf_base", "train_classifier", {"steps": steps, "batch_size": CLASSIFIER_BATCH, "seed": 0,
+                                                 "eval_timesteps": CLASSIFIER_TIMESTEPS, "ece_weight": 0.0}, (),
+                training_seconds(steps, CLASSIFIER_BATCH) / 2)  # small classifier: ~half the UNet's step (a guess)
+    delta = {**FINETUNE, "steps": finetune_steps, "init_from": "clf_base", "eval_timesteps": CLASSIFIER_TIMESTEPS}
+    est = LOAD_S + (finetune_steps * FINETUNE["batch_size"] + 2 * TEST_IMAGES * len(CLASSIFIER_TIMESTEPS)) \
+        / CALIBRATION_IMG_S
+    return [base, Unit("clf_ce", "calibrate", {**delta, "ece_weight": 0.0}, ("clf_base",), est),
+            Unit("clf_sece", "calibrate", {**delta, "ece_weight": ECE_WEIGHT}, ("clf_base",), est)]
 
 
 def diagnostic_units(specs: dict, steps: int, trajectory_samples: int, test_images: int,
@@ -142,7 +156,8 @@ def diagnostic_units(specs: dict, steps: int, trajectory_samples: int, test_imag
 
 def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, steps: int = STEPS,
           subset_steps: int = SUBSET_STEPS, grid_limit: int | None = None,
-          classifier_steps: int = CLASSIFIER_STEPS, trajectory_samples: int = TRAJECTORY_SAMPLES,
+          classifier_steps: int = CLASSIFIER_STEPS, finetune_steps: int = FINETUNE["steps"],
+          trajectory_samples: int = TRAJECTORY_SAMPLES,
           test_images: int = TEST_IMAGES, gradnorm_samples: int = GRADNORM_SAMPLES,
           grid_extensions: int = GRID_EXTENSIONS) -> list[Unit]:
     """The plan in run order (amendment 3, module docstring): the reference, trajectories and the ResNets'
@@ -168,7 +183,7 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
     out = [reference_unit(), trajectories, *(u for u in calibrations if u not in noise_aware)]
     for number, tier in enumerate(TIERS, 1):
         if number == 2:
-            out += [*classifier_units(classifier_steps), *noise_aware]
+            out += [*classifier_units(classifier_steps, finetune_steps), *noise_aware]
         out += [u for m in tier for u in grid(m)] + [u for m in tier for u in finals(m)]
     tiered = {m for tier in TIERS for m in tier}
     rest = [m for m in specs if m not in tiered and m != "best_cg_plus_cfg"]

@@ -302,6 +302,34 @@ def run_training(study: Study, unit: Unit, cache: Path, time_limit_s: float) -> 
     return True
 
 
+def run_calibration_finetune(study: Study, unit: Unit, cache: Path) -> None:
+    """A ``calibrate`` unit: the noise-aware classifier ``params['init_from']`` fine-tuned as ``diffguide calibrate``
+    fine-tunes it (:func:`diffguide.train.calibrate.finetune_calibration`, x_t with t ~ U{0..T−1}), its report
+    (before/after on the test split) and release ``model/`` written to the unit's cache folder. Minutes at most on
+    a GPU, so one command runs it whole (its checkpoints still resume a killed run)."""
+    from ...calibration import EpochBatches
+    from ...classifiers import load_architecture, noise_settings
+    from ...data import load_dataset, to_model_range
+    from ...devices import resolve_device
+    from ...train.calibrate import CalibrationConfig, finetune_calibration
+
+    a, p, out = study.assets, unit.params, cache / "train" / unit.id
+    base = cache / "train" / p["init_from"] / "model"
+    config = CalibrationConfig(steps=p["steps"], lr=p["lr"], weight_decay=p["weight_decay"], ece_weight=p["ece_weight"],
+                               seed=p["seed"], eval_timesteps=list(p["eval_timesteps"]), noise_aware=True,
+                               **noise_settings(base))
+    model = load_architecture(str(base)).to(resolve_device(a.get("device"))).requires_grad_(True)
+    data = a["data"]
+    train_set = load_dataset(data, "train") if isinstance(data, (str, Path)) else data
+    test_set = a.get("eval_dataset") or load_dataset(data, "test")
+    batch = a.get("train_batch") or p["batch_size"]
+    finetune_calibration(model, EpochBatches(train_set.images, train_set.labels, batch, seed=p["seed"],
+                                             convert=to_model_range),
+                         EpochBatches(test_set.images, test_set.labels, 500, shuffle=False, convert=to_model_range),
+                         config, out_dir=out, progress=False)
+    atomic_write_text(out / "done.json", json.dumps({"steps": p["steps"], "unit": unit.id}) + "\n")
+
+
 TRAINING_KINDS = ("train", "train_classifier")
 DIAGNOSTIC_KINDS = ("trajectories", "calibration", "gradnorm", "sample_grid")
 
@@ -380,6 +408,8 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
             run_reference(study, cache)
         elif unit.kind in DIAGNOSTIC_KINDS:
             _run_diagnostic(study, unit, cache, results_dir, results)
+        elif unit.kind == "calibrate":
+            run_calibration_finetune(study, unit, cache)
         elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
             break
         finished.append(unit.id)
