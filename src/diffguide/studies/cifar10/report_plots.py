@@ -1,11 +1,8 @@
-"""The curve figures of the two CIFAR-10 study reports (issues 13 and 14), from the metrics JSONs alone.
-
-Each figure is a thin drawing over a pure data function (the ``*_points`` / ``*_curve`` functions, tested exactly).
-A figure with nothing to draw writes no file and leaves one "not yet run" line in the report. A failed run
-(``failed``: FID +inf), or a record without the metric, is never drawn: the caption lists it; a point averaged over
-seeds is drawn only when none of its seeds failed (as the tables' "failed (k/n)"). The PNGs lie next to the results
-(Agg canvas, fixed dpi, no metadata), so a rerun on the same data writes the same bytes.
-"""
+"""The curve figures of the two CIFAR-10 study reports (issues 13 and 14), from the metrics JSONs alone: thin
+drawings over pure data functions (``*_points`` / ``*_curve``). Nothing to draw: no file, a "not yet run" line. A
+failed run (FID +inf) or a record without the metric is never drawn, the caption lists it; a mean over seeds is drawn
+only when none failed (the tables' "failed (k/n)"). PNGs next to the results (Agg, fixed dpi, no metadata: a rerun
+on the same data writes the same bytes)."""
 
 from __future__ import annotations
 
@@ -27,8 +24,7 @@ __all__ = ["metric_of", "seed0_curve", "wcurve_points", "control_points", "seed_
            "fid_vs_steps_figure", "fid_vs_scale_figure", "precision_vs_recall_figure", "final_fid_figure"]
 
 DPI = 110
-PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
-           "tab:olive", "tab:cyan")
+ARM_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")  # aligned_plan.ARMS in order
 METHOD_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:olive", "tab:cyan", "tab:gray")  # not a divergence's
 DIVERGENCE_COLORS = {"reverse_kl": "tab:red", "forward_kl": "tab:purple", "js": "tab:brown", "hellinger": "tab:pink"}
 BASELINE, UNGUIDED = "elucd_resnet32", "none"  # the same look in every panel: black; grey, the reference
@@ -39,8 +35,7 @@ POINT_LINES = ("-", "--", ":")  # the (α, ε) points, in guidance_plan.DIVERGEN
 
 
 def metric_of(record: dict, metric: str) -> float | None:
-    """A run's metric as a figure draws it: None (nothing drawn) for a failed run, a missing key or a non-finite
-    value."""
+    """A run's metric as a figure draws it: None (not drawn) for a failed run, a missing key or a non-finite value."""
     if record.get("failed"):
         return None
     value = (record.get("metrics") or {}).get(metric)
@@ -106,8 +101,8 @@ def steps_points(study: Study, results: dict, arm: str, scale) -> dict:
 
 def final_points(study: Study, results: dict, group: str = "final") -> dict:
     """{method: :func:`seed_summary` of FID} of the methods with a finished run in ``group`` (seeds 1–3)."""
-    return {m: seed_summary(v) for m, v in _by_seed(unit_records(study, results, group=group),
-                                                   lambda u: u.params["method"]).items()}
+    by_method = _by_seed(unit_records(study, results, group=group), lambda u: u.params["method"])
+    return {m: seed_summary(v) for m, v in by_method.items()}
 
 
 def grid_points(study: Study, results: dict, method: str, metrics=("fid",)) -> dict:
@@ -124,7 +119,7 @@ def method_panels(methods: dict) -> list[tuple[str, list[str]]]:
     """(title, methods) of the guidance figures' panels; a method may sit in two panels."""
     alpha, epsilon = guidance_plan.DIVERGENCE_POINTS[0]
 
-    def noise_free(spec):
+    def not_x0_guided(spec):
         return spec.get("guide") is None or spec.get("combine") or str(spec["guide"]).startswith("clf_")
 
     def objective_at_resnet32(spec):
@@ -133,7 +128,7 @@ def method_panels(methods: dict) -> list[tuple[str, list[str]]]:
                      or spec.get("objective_params") == {"alpha": alpha, "epsilon": epsilon}))
 
     return [("no guidance, CFG (w), ADM-G and best CG + CFG (classifier scale)",
-             [m for m, s in methods.items() if noise_free(s)]),
+             [m for m, s in methods.items() if not_x0_guided(s)]),
             (f"x̂0 objectives, ResNet-32 (divergences at α = {alpha:g}, ε = {epsilon:g})",
              [m for m, s in methods.items() if objective_at_resnet32(s)]),
             ("EluCD baseline: the guides", [m for m in methods if m.startswith("elucd_")]),
@@ -195,7 +190,7 @@ def fid_vs_w_figure(study: Study, results: dict, results_dir, report_path) -> li
         return ["Figure (FID vs w): not yet run (no seed-0 w-curve point).", ""]
     fig, axes = figure(1, 1, (7.5, 4.8))
     ax = axes[0, 0]
-    for color, arm in zip(PALETTE, arms):
+    for color, arm in zip(ARM_COLORS, arms):
         (points, _), (control, _) = curves[arm], controls[arm]
         if points:
             ax.plot(list(points), list(points.values()), "-o", color=color, markersize=4, label=arm)
@@ -214,8 +209,8 @@ def fid_vs_w_figure(study: Study, results: dict, results_dir, report_path) -> li
     missing += [f"control of {arm} at w′={w:g}" for arm in arms for w in controls[arm][1] if curves[arm][0]]
     return _save(fig, results_dir, "figure_fid_vs_w.png", report_path,
                  "FID vs w: solid, each arm's seed-0 curve (star: its best w); dashed, the same colour, the standard "
-                 "model at w_eff = (w′ − w_train)/(1 + w_train) drawn at the aligned arm's w′ (only for an arm with a point)."
-                 + _not_drawn(missing))
+                 "model at w_eff = (w′ − w_train)/(1 + w_train) drawn at the aligned arm's w′ (for an arm with a "
+                 "point)." + _not_drawn(missing))
 
 
 def precision_recall_vs_w_figure(study: Study, results: dict, results_dir, report_path) -> list[str]:
@@ -226,7 +221,7 @@ def precision_recall_vs_w_figure(study: Study, results: dict, results_dir, repor
         return ["Figure (precision and recall vs w): not yet run (no seed-0 w-curve point).", ""]
     fig, axes = figure(1, 2, (10, 4.2))
     for ax, metric in zip(axes[0], ("precision", "recall")):
-        for color, arm in zip(PALETTE, arms):
+        for color, arm in zip(ARM_COLORS, arms):
             points = curves[arm, metric][0]
             if points:
                 ax.plot(list(points), list(points.values()), "-o", color=color, markersize=4, label=arm)
@@ -256,10 +251,15 @@ def _steps_panel(ax, arms, series: dict, colors: dict) -> None:
                     color=colors[arm])
             spread = [(n, p) for n, p in drawn if p["std"] is not None]
             if spread:
-                ax.errorbar([n for n, _ in spread], [p["mean"] for _, p in spread], yerr=[p["std"] for _, p in spread],
-                            fmt="none", ecolor=colors[arm], capsize=3)
+                ax.errorbar([n for n, _ in spread], [p["mean"] for _, p in spread],
+                            yerr=[p["std"] for _, p in spread], fmt="none", ecolor=colors[arm], capsize=3)
+    from matplotlib.ticker import NullFormatter
+
+    steps = sorted({n for arm in arms for (_, n), p in series[arm].items() if p["mean"] is not None})
     ax.set_xscale("log")
-    ax.set_xlabel("sampler steps")
+    ax.set_xticks(steps, [str(n) for n in steps])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("sampler steps (log)")
     ax.set_ylabel("FID (10k samples)")
     ax.grid(alpha=0.3, which="both")
 
@@ -268,7 +268,8 @@ def _steps_legend(ax, arms, colors: dict) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colors[a], marker="o", markersize=4, label=a) for a in arms]
-    handles += [Line2D([], [], color="black", linestyle=line, label=SAMPLER_NAMES[s]) for s, line in SAMPLER_LINES.items()]
+    handles += [Line2D([], [], color="black", linestyle=line, label=SAMPLER_NAMES[s])
+                for s, line in SAMPLER_LINES.items()]
     handles.append(Line2D([], [], color="black", linestyle="none", marker="D", label=SAMPLER_NAMES["ddpm"]))
     ax.legend(handles=handles, fontsize=7)
 
@@ -276,12 +277,12 @@ def _steps_legend(ax, arms, colors: dict) -> None:
 def fid_vs_steps_figure(study: Study, results: dict, results_dir, report_path) -> list[str]:
     """Issue 14: FID vs steps (log x) at each arm's best w and at the common w; mean ± std over seeds."""
     arms = list(aligned_plan.ARMS)
-    colors = dict(zip(arms, PALETTE))
+    colors = dict(zip(arms, ARM_COLORS))
     panels = (("each arm's best w", None), (f"the common w = {aligned_plan.COMMON_W:g}", aligned_plan.COMMON_W))
     series = {scale: {arm: steps_points(study, results, arm, scale) for arm in arms} for _, scale in panels}
-    if not any(p["mean"] is not None for by_arm in series.values() for pts in by_arm.values() for p in pts.values()):
-        failed = [p for by_arm in series.values() for pts in by_arm.values() for p in pts.values()]
-        return [f"Figure (FID vs steps): not yet run (no step point{' drawn: every run failed' if failed else ''}).", ""]
+    run = [p for by_arm in series.values() for points in by_arm.values() for p in points.values()]
+    if not any(p["mean"] is not None for p in run):
+        return [f"Figure (FID vs steps): not yet run (no step point{' drawn: every run failed' if run else ''}).", ""]
     fig, axes = figure(1, 2, (11, 4.5))
     notes, missing = [], []
     for ax, (label, scale) in zip(axes[0], panels):
@@ -289,7 +290,11 @@ def fid_vs_steps_figure(study: Study, results: dict, results_dir, report_path) -
         best = {arm: chosen_scale(study, arm, results) for arm in arms}
         ax.set_title(f"FID vs steps at {label}" + ("" if scale is not None else " (" + ", ".join(
             f"{a} w={best[a]:g}" for a in arms if series[scale][a] and best[a] is not None) + ")"), fontsize=9)
-        _steps_legend(ax, arms, colors)
+        drawn = [a for a in arms if any(p["mean"] is not None for p in series[scale][a].values())]
+        if drawn:
+            _steps_legend(ax, drawn, colors)
+        else:
+            ax.text(0.5, 0.5, "not yet run", transform=ax.transAxes, ha="center", va="center", color="gray")
         single = defaultdict(list)
         for arm in arms:
             for (sampler, steps), p in series[scale][arm].items():
@@ -332,6 +337,15 @@ def _scale_and_fid_axes(ax, scales: list, fids: list) -> None:
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "2346" else ""))
 
 
+def _panel_axes(panels: list, height: float):
+    """(figure, one axes per panel) on a grid of two columns; the spare axes hidden."""
+    columns, rows = min(2, len(panels)), (len(panels) + 1) // 2
+    fig, axes = figure(rows, columns, (6.2 * columns, height * rows))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    return fig, list(axes.flat)[:len(panels)]
+
+
 def _grid_missing(data: dict) -> list[str]:
     return [f"{m} s={s:g}" for m, d in data.items() for s in d["missing"]]
 
@@ -348,11 +362,8 @@ def fid_vs_scale_figure(study: Study, results: dict, results_dir, report_path) -
     panels, data = _grid_panels(study, results, ("fid",))
     if not panels:
         return ["Figure (FID vs scale): not yet run (no seed-0 grid point).", ""]
-    columns = min(2, len(panels))
-    fig, axes = figure((len(panels) + 1) // 2, columns, (6.2 * columns, 4.4 * ((len(panels) + 1) // 2)))
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    for ax, (title, methods) in zip(axes.flat, panels):
+    fig, axes = _panel_axes(panels, 4.4)
+    for ax, (title, methods) in zip(axes, panels):
         for method, color, line in methods:
             d = data[method]
             positive = [p for p in d["points"] if p["scale"] > 0]
@@ -379,7 +390,8 @@ def fid_vs_scale_figure(study: Study, results: dict, results_dir, report_path) -
         _star_legend(ax, "chosen scale", "outside the grid", fontsize=6)
     return _save(fig, results_dir, "figure_fid_vs_scale.png", report_path,
                  "FID vs scale: each method's seed-0 grid (DDPM-100, 5k samples); star: the chosen scale; hollow: a "
-                 "run outside the grid as the edge rule left it (it chooses nothing)." + _not_drawn(_grid_missing(data)))
+                 "run outside the grid as the edge rule left it (it chooses nothing)."
+                 + _not_drawn(_grid_missing(data)))
 
 
 def precision_vs_recall_figure(study: Study, results: dict, results_dir, report_path) -> list[str]:
@@ -388,12 +400,8 @@ def precision_vs_recall_figure(study: Study, results: dict, results_dir, report_
     panels, data = _grid_panels(study, results, ("precision", "recall"))
     if not panels:
         return ["Figure (precision vs recall): not yet run (no seed-0 grid point).", ""]
-    columns = min(2, len(panels))
-    rows = (len(panels) + 1) // 2
-    fig, axes = figure(rows, columns, (6.2 * columns, 4.6 * rows))
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    for ax, (title, methods) in zip(axes.flat, panels):
+    fig, axes = _panel_axes(panels, 4.6)
+    for ax, (title, methods) in zip(axes, panels):
         for method, color, line in methods:
             points = data[method]["points"]
             inside = [p for p in points if p["in_grid"]]
