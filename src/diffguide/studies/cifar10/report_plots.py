@@ -264,10 +264,11 @@ def _steps_panel(ax, arms, series: dict, colors: dict) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
-def _steps_legend(ax, arms, colors: dict) -> None:
+def _steps_legend(ax, arms: dict, colors: dict) -> None:
+    """A legend of the arms ({arm: label}) by colour and of the samplers by line."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=colors[a], marker="o", markersize=4, label=a) for a in arms]
+    handles = [Line2D([], [], color=colors[a], marker="o", markersize=4, label=text) for a, text in arms.items()]
     handles += [Line2D([], [], color="black", linestyle=line, label=SAMPLER_NAMES[s])
                 for s, line in SAMPLER_LINES.items()]
     handles.append(Line2D([], [], color="black", linestyle="none", marker="D", label=SAMPLER_NAMES["ddpm"]))
@@ -288,9 +289,9 @@ def fid_vs_steps_figure(study: Study, results: dict, results_dir, report_path) -
     for ax, (label, scale) in zip(axes[0], panels):
         _steps_panel(ax, arms, series[scale], colors)
         best = {arm: chosen_scale(study, arm, results) for arm in arms}
-        ax.set_title(f"FID vs steps at {label}" + ("" if scale is not None else " (" + ", ".join(
-            f"{a} w={best[a]:g}" for a in arms if series[scale][a] and best[a] is not None) + ")"), fontsize=9)
-        drawn = [a for a in arms if any(p["mean"] is not None for p in series[scale][a].values())]
+        ax.set_title(f"FID vs steps at {label}", fontsize=9)
+        drawn = {a: a if scale is not None or best[a] is None else f"{a} (w = {best[a]:g})" for a in arms
+                 if any(p["mean"] is not None for p in series[scale][a].values())}
         if drawn:
             _steps_legend(ax, drawn, colors)
         else:
@@ -305,7 +306,7 @@ def fid_vs_steps_figure(study: Study, results: dict, results_dir, report_path) -
             notes.append(f"at {label}: " + "; ".join(f"{point} ({', '.join(a)})" for point, a in single.items()))
     one_seed = f" One seed, no error bar: {' — '.join(notes)}." if notes else ""
     return _save(fig, results_dir, "figure_fid_vs_steps.png", report_path,
-                 "FID vs steps: DDIM solid, DPM-Solver++(2M) dashed, DDPM 250 a diamond; mean over seeds 1–3 with ± 1 "
+                 "FID vs steps: DDIM solid, DPM-Solver++(2M) dashed, DDPM a diamond; mean over seeds 1–3 with ± 1 "
                  "std (ddof 1) where more than one seed has run." + one_seed + _not_drawn(missing))
 
 
@@ -324,8 +325,7 @@ def _grid_panels(study: Study, results: dict, metrics) -> tuple[list, dict]:
 
 
 def _scale_and_fid_axes(ax, scales: list, fids: list) -> None:
-    """x: log2 with a plain-number tick at every drawn scale; y: FID, log (minor ticks 2, 3, 4, 6 × 10^k labelled)
-    once the panel spans more than a factor of 4, else linear."""
+    """x: log2, a tick at every drawn scale; y: FID, log (labelled 2, 3, 4, 6 × 10^k) beyond a ×4 span, else linear."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_xscale("log", base=2)
@@ -350,8 +350,7 @@ def _grid_missing(data: dict) -> list[str]:
     return [f"{m} s={s:g}" for m, d in data.items() for s in d["missing"]]
 
 
-def _markers(ax, xs, ys, filled, color, size=5) -> None:
-    """Filled markers where ``filled``, hollow ones elsewhere."""
+def _markers(ax, xs, ys, filled, color, size=5) -> None:  # filled where ``filled``, hollow elsewhere
     for x, y, full in zip(xs, ys, filled):
         ax.plot([x], [y], "o", markersize=size, color=color, markerfacecolor=color if full else "white", zorder=3)
 
