@@ -175,6 +175,7 @@ def test_reports_write_the_figures_where_they_link_them(tmp_path):
 
 def test_no_data_writes_no_figure_and_says_so(tmp_path):
     study, guidance = aligned_study({}, tiny=False), guidance_study({}, tiny=False)
+    (tmp_path / "none").mkdir()  # an empty results folder
     text = aligned_report(study, tmp_path / "cache", tmp_path / "none", tmp_path / "a.md").read_text()
     text += guidance_report(guidance, tmp_path / "cache", tmp_path / "none", tmp_path / "g.md").read_text()
     for figure in ("FID vs w", "precision and recall vs w", "FID vs steps", "FID of the seed 1–3 runs",
