@@ -121,7 +121,7 @@ def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
 
 
 def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
-    from . import report_plots as plots
+    from . import report_plots as plots  # here: report_plots imports this module
 
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     gp = guidance_plan
@@ -198,7 +198,7 @@ def robust_width(curve: dict[float, float]) -> float | None:
 
 
 def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
-    from . import report_plots as plots
+    from . import report_plots as plots  # here: report_plots imports this module
 
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     ap = aligned_plan
