@@ -40,13 +40,22 @@ def mean_std(values) -> str:
     return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}"
 
 
+def unit_records(study: Study, results: dict, **match) -> list[tuple]:
+    """(unit, metrics JSON) of the finished sampling units whose plan parameters match ``match`` (scale=None: the
+    units planned at the chosen scale), in plan order."""
+    return [(u, results[u.id]) for u in study.units if u.kind == "sample" and u.id in results
+            and all(u.params.get(k) == v for k, v in match.items())]
+
+
 def runs(study: Study, results: dict, **match) -> list[dict]:
     """The finished runs whose plan parameters match ``match`` (scale=None: the unit planned at the chosen scale)."""
-    out = []
-    for u in study.units:
-        if u.kind == "sample" and u.id in results and all(u.params.get(k) == v for k, v in match.items()):
-            out.append(results[u.id])
-    return sorted(out, key=lambda r: r["seed"])
+    return sorted((r for _, r in unit_records(study, results, **match)), key=lambda r: r["seed"])
+
+
+def control_w(w: float, arm: str) -> float:
+    """The standard model's w of an aligned arm's point at w: w_eff = (w − w_train)/(1 + w_train), rounded to 6
+    decimals as the plan's control units are (:func:`aligned_plan.control_scales`)."""
+    return round(aligned_plan.effective_guidance(w, aligned_plan.w_train(arm)), 6)
 
 
 def header(study: Study, results: dict, title: str, protocol: str) -> list[str]:
@@ -112,6 +121,8 @@ def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
 
 
 def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
+    from . import report_plots as plots  # here: report_plots imports this module
+
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     gp = guidance_plan
     protocol = gp.__doc__ + (f"\nScale grids: CFG w {gp.CFG_GRID}; x̂0 guides {gp.X0_GRID}; noise-aware {gp.XT_GRID}; "
@@ -137,7 +148,8 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
         cost = mean_std([r["seconds_per_1k_samples"] for r in rs])
         lines.append(f"| {method} | {'–' if scale is None else scale} | " + " | ".join(cells)
                      + f" | {guide} | {cost} | {sum(bool(r.get('failed')) for r in rs)}/{len(rs)} |")
-    lines += ["", "## Scale grids (seed 0, 5k samples, DDPM-100): FID", "",
+    lines += [""] + plots.final_fid_figure(study, results, results_dir, out_path)
+    lines += ["## Scale grids (seed 0, 5k samples, DDPM-100): FID", "",
               "Each method's grid as the edge rule left it (amendment 3); a scale in brackets is an edge point "
               "the rule added; runs outside the grid are listed after it and choose nothing.", "",
               "| method | FID at each scale | chosen | runs outside the grid |", "|---|---|---|---|"]
@@ -150,7 +162,9 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
         chosen = chosen_scale(study, method, results)
         lines.append(f"| {method} | " + ", ".join(cells) + f" | {'–' if chosen is None else f'{chosen:g}'} | "
                      f"{outside or '–'} |")
-    lines += ["", "## DDIM-50 subset (chosen scale, seeds 1–3)", "", "| method | FID | precision | recall | "
+    lines += [""] + plots.fid_vs_scale_figure(study, results, results_dir, out_path)
+    lines += plots.precision_vs_recall_figure(study, results, results_dir, out_path)
+    lines += ["## DDIM-50 subset (chosen scale, seeds 1–3)", "", "| method | FID | precision | recall | "
               "judge consistency |", "|---|---|---|---|---|"]
     for method in gp.SUBSET_METHODS:
         rs = runs(study, results, method=method, group="subset")
@@ -183,6 +197,8 @@ def robust_width(curve: dict[float, float]) -> float | None:
 
 
 def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
+    from . import report_plots as plots  # here: report_plots imports this module
+
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     ap = aligned_plan
     protocol = ap.__doc__ + "\nArm deltas (TrainConfig):\n\n" + "\n".join(
@@ -203,7 +219,7 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
                      f" | {'–' if width is None else width} |")
         if ap.w_train(arm) is not None:
             standard = {r["scale"]: value(r, "fid") for r in runs(study, results, method="standard", group="wcurve")}
-            effs = [round(ap.effective_guidance(w, ap.w_train(arm)), 6) for w in grid]
+            effs = [control_w(w, arm) for w in grid]
             lines.append(f"| control: standard at w_eff (w_train={ap.w_train(arm):g}) | " + " | ".join(
                 f"{mean_std([standard[e]])} (w_eff={e:g})" if e in standard else f"not yet run (w_eff={e:g})"
                 for e in effs) + " | | | |")
@@ -211,23 +227,28 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
     lines += ["", "Reproduction check (issue 14: the retrained standard arm must land within about 1.5 FID of the "
               "shared model's 11.23 / 9.37 at w = 0 / 1, same protocol): "
               + ", ".join(f"w={w:g}: {mean_std([standard[w]]) if w in standard else 'not yet run'} (shared {ref})"
-                          for w, ref in ((0.0, 11.23), (1.0, 9.37))) + "."]
+                          for w, ref in ((0.0, 11.23), (1.0, 9.37))) + ".", ""]
+    lines += plots.fid_vs_w_figure(study, results, results_dir, out_path)
     for metric in ("precision", "recall"):
-        lines += ["", f"{metric.capitalize()} vs w (seed 0):", "", "| arm | " + " | ".join(f"w={w:g}" for w in grid)
+        lines += [f"{metric.capitalize()} vs w (seed 0):", "", "| arm | " + " | ".join(f"w={w:g}" for w in grid)
                   + " |", "|---|" + "---|" * len(grid)]
         for arm in ap.ARMS:
             points = {r["scale"]: r for r in runs(study, results, method=arm, group="wcurve", seed=0)}
             lines.append(f"| {arm} | " + " | ".join(mean_std([value(points[w], metric)]) if w in points else "–"
                                                     for w in grid) + " |")
+        lines.append("")
+    lines += plots.precision_recall_vs_w_figure(study, results, results_dir, out_path)
     step_points = sorted({(u.params["sampler"], u.params["steps"]) for u in study.units
                           if u.kind == "sample" and u.params["group"] == "steps"}, key=lambda p: (p[0], p[1]))
     for label, scale in (("each arm's best w", None), (f"the common w = {ap.COMMON_W:g}", ap.COMMON_W)):
-        lines += ["", f"## FID vs steps at {label} (seeds 1–3, 10k samples)", "",
+        lines += [f"## FID vs steps at {label} (seeds 1–3, 10k samples)", "",
                   "| arm | " + " | ".join(f"{s} {n}" for s, n in step_points) + " |", "|---|" + "---|" * len(step_points)]
         for arm in ap.ARMS:
             lines.append(f"| {arm} | " + " | ".join(mean_std([value(r, "fid") for r in runs(
                 study, results, method=arm, group="steps", scale=scale, sampler=s, steps=n)]) for s, n in step_points)
                 + " |")
+        lines.append("")
+    lines += plots.fid_vs_steps_figure(study, results, results_dir, out_path)
     rows = []
     for arm in ("aligned_w1", "aligned_w2", "aligned_w1_stopgrad", "aligned_ft_w1"):
         for sampler, steps in [p for p in step_points if p[0] == "ddim"][:2]:
@@ -239,11 +260,10 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
         rows.append((f"best FID: {arm} vs standard, {sampler} {steps}, best w", comparison(
             study, results, {"method": arm, "group": "steps", "scale": None, "sampler": sampler, "steps": steps},
             {"method": "standard", "group": "steps", "scale": None, "sampler": sampler, "steps": steps}, "fid", -1)))
-    lines += ["", "## Claims", ""] + claims_table(rows)
+    lines += ["## Claims", ""] + claims_table(rows)
     lines += ["", "Robustness to w (the widths above) rests on the seed-0 curves only, so it gets no test: it is "
               "reported descriptively. The control row says whether an aligned point is matched by the standard "
-              "model at w_eff (a re-parametrised w) or beaten (a real gain); it is also seed 0 only.",
-              "", "Left out of this pipeline (not built yet): plots of the curves (the tables above carry them).", ""]
+              "model at w_eff (a re-parametrised w) or beaten (a real gain); it is also seed 0 only.", ""]
     lines += aligned_grids_section(study, results, results_dir, out_path)
     lines += not_yet_run(study, cache, results)
     atomic_write_text(out_path, "\n".join(lines))
