@@ -68,25 +68,29 @@ def fid_from_features(features1, features2) -> float:
     return frechet_distance(*feature_statistics(features1, "features1"), *feature_statistics(features2, "features2"))
 
 
-def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """k(x, y) = (xᵀy / d + 1)³, the KID kernel (d = feature dimension)."""
+def polynomial_kernel(x, y):
+    """k(x, y) = (xᵀy / d + 1)³, the KID kernel (d = feature dimension); NumPy arrays or torch tensors."""
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+def mmd2_unbiased(x, y) -> float:
     """Unbiased MMD² of equal-size sets (m each):
-    (1/(m(m−1))) Σ_{i≠j} [k(xᵢ, xⱼ) + k(yᵢ, yⱼ)] − (2/m²) Σ_{i,j} k(xᵢ, yⱼ)."""
+    (1/(m(m−1))) Σ_{i≠j} [k(xᵢ, xⱼ) + k(yᵢ, yⱼ)] − (2/m²) Σ_{i,j} k(xᵢ, yⱼ). NumPy arrays or torch tensors (the same
+    operations: one code for the CPU reference and a GPU)."""
     m = x.shape[0]
     kxx, kyy = polynomial_kernel(x, x), polynomial_kernel(y, y)
-    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    within = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     return float(within - 2.0 * polynomial_kernel(x, y).sum() / m**2)
 
 
 def kernel_inception_distance(features1, features2, *, num_subsets: int = 100, subset_size: int = 1000,
-                              seed: int = 0) -> tuple[float, float]:
+                              seed: int = 0, device=None) -> tuple[float, float]:
     """KID: mean and standard deviation of the unbiased MMD² (polynomial kernel) over ``num_subsets`` random subsets
     of m = min(N₁, N₂, subset_size) points of each set drawn without replacement (as the KID paper and clean-fid;
-    seeded)."""
+    seeded).
+
+    ``device`` None: NumPy float64 on the CPU; else torch float64 on that device, on the same subsets (drawn by the
+    same NumPy generator), so the value agrees to float64 rounding."""
     f1 = _as_features(features1, "features1").astype(np.float64)
     f2 = _as_features(features2, "features2").astype(np.float64)
     if f1.shape[1] != f2.shape[1]:
@@ -99,6 +103,11 @@ def kernel_inception_distance(features1, features2, *, num_subsets: int = 100, s
         raise ValueError(f"kernel_inception_distance: need at least 2 features in each set, got {len(f1)} and "
                          f"{len(f2)}")
     rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(f1[rng.choice(len(f1), m, replace=False)], f2[rng.choice(len(f2), m, replace=False)])
-              for _ in range(num_subsets)]
+    subsets = [(rng.choice(len(f1), m, replace=False), rng.choice(len(f2), m, replace=False))
+               for _ in range(num_subsets)]
+    if device is not None:
+        import torch
+
+        f1, f2 = (torch.from_numpy(f).to(device) for f in (f1, f2))
+    values = [mmd2_unbiased(f1[i1], f2[i2]) for i1, i2 in subsets]
     return float(np.mean(values)), float(np.std(values))
