@@ -7,7 +7,7 @@ What a unit of ``diffguide.studies.cifar10`` does after sampling, stage by stage
 - FID statistics: μ, Σ of the features (the same code on both paths);
 - FID root: tr (Σ₁Σ₂)^{1/2}; old: ``scipy.linalg.sqrtm`` on the CPU, new: two symmetric eigendecompositions in float64
   on ``--device`` (:func:`diffguide.metrics.fid.trace_sqrt_product`);
-- KID: 100 subsets of 1000; old: NumPy float64 on the CPU, new: torch float64 on ``--device``;
+- KID: 100 subsets of 1000; old: NumPy float64 on the CPU, new: torch float64 on ``--device`` (NumPy on the CPU);
 - PRDC: old: on the CPU with the reference's k-NN radii computed for every unit; new cold: on ``--device``, radii
   computed (the first unit of a process); new warm: radii kept on the reference (every later unit).
 
@@ -132,7 +132,9 @@ def measure(args, network: str, device: torch.device) -> dict:
     root_new, root_new_s = timed(device, trace_sqrt_product, sigma, sigma_ref, device=device)
     kid = dict(num_subsets=args.kid_subsets, subset_size=args.kid_subset_size, seed=0)
     kid_old, kid_old_s = timed(device, kernel_inception_distance, features, reference_features, **kid)
-    kid_new, kid_new_s = timed(device, kernel_inception_distance, features, reference_features, device=device, **kid)
+    kid_device = None if device.type == "cpu" else device  # as evaluate_features: NumPy on the CPU
+    kid_new, kid_new_s = timed(device, kernel_inception_distance, features, reference_features, device=kid_device,
+                               **kid)
     chosen = features[np.sort(np.random.default_rng(0).choice(len(features), min(len(features), args.num_reference),
                                                               replace=False))]
     prdc_old, prdc_old_s = timed(device, prdc, reference_features, chosen, k=args.k)

@@ -415,10 +415,10 @@ def test_reference_round_trip_and_network_check(stand_in, tmp_path):
     assert abs(metrics["fid"]) < 1e-6 and metrics["num_samples"] == 30 and metrics["prdc_samples"] == 12
 
 
-def test_evaluate_features_keeps_the_reference_radii_and_matches_the_cpu_path(stand_in):
+def test_evaluate_features_keeps_the_reference_radii(stand_in):
     """The reference's k-NN radii are computed once per (k, device) and kept; scoring with them gives exactly the
-    numbers of a fresh reference (same arithmetic); device='cpu' (KID in torch) agrees with the NumPy path within
-    :func:`kid_rounding_bound`."""
+    numbers of a fresh reference (same arithmetic), and device='cpu' those of no device (KID stays in NumPy there:
+    its float64 matmuls measured faster than torch's on the CPU; the torch path is checked against it above)."""
     images = RNG.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
     extractor = InceptionFeatures(stand_in, device="cpu", batch_size=16)
     reference = compute_reference(images[:40], extractor, source="toy", num_features=30, seed=3)
@@ -426,14 +426,9 @@ def test_evaluate_features_keeps_the_reference_radii_and_matches_the_cpu_path(st
     fresh = evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2)
     radii = reference.real_radii(2)
     assert reference.real_radii(2) is radii and reference.real_radii(3) is not radii
-    again = evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2)
-    assert again == fresh
-    on_torch = evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2, device="cpu")
-    assert {n: on_torch[n] for n in fresh if n not in ("kid", "kid_std")} == {
-        n: fresh[n] for n in fresh if n not in ("kid", "kid_std")}
-    bound = kid_rounding_bound(features, reference.features, 20)
-    assert abs(fresh["kid"]) > 1e3 * bound
-    assert (on_torch["kid"], on_torch["kid_std"]) == pytest.approx((fresh["kid"], fresh["kid_std"]), abs=bound, rel=0)
+    assert evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2) == fresh
+    assert evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2, device="cpu") == fresh
+    assert fresh["kid"] != 0 and 0 < fresh["coverage"] <= 1  # not a degenerate set
 
 
 @pytest.fixture

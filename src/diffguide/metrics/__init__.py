@@ -136,15 +136,17 @@ def evaluate_features(features: np.ndarray, reference: Reference, *, k: int = 3,
                       device=None) -> dict:
     """FID (all ``features`` vs the reference μ, Σ), KID and precision/recall/density/coverage (against the reference
     feature subset; at most ``prdc_samples`` generated features, default as many as the reference subset, drawn with
-    ``seed``). The FID root, KID and precision/recall/density/coverage in float64 on ``device`` (default: the CPU,
-    KID in NumPy); the reference's k-NN radii are computed once per reference, k and device
+    ``seed``). The FID root, KID and precision/recall/density/coverage in float64 on ``device`` (default: the CPU;
+    KID on the CPU in NumPy); the reference's k-NN radii are computed once per reference, k and device
     (:meth:`Reference.real_radii`). Returns a flat dict of numbers."""
     if features.ndim != 2 or features.shape[1] != reference.mu.shape[0]:
         raise ValueError(f"evaluate_features: expected features [N, {reference.mu.shape[0]}], got {features.shape}")
     mu, sigma = feature_statistics(features, "sample features")
     fid = frechet_distance(mu, sigma, reference.mu, reference.sigma, device=device)
+    on_cpu = device is None or torch.device(device).type == "cpu"  # NumPy's float64 matmuls are the faster there
     kid_mean, kid_std = kernel_inception_distance(features, reference.features, num_subsets=kid_subsets,
-                                                  subset_size=kid_subset_size, seed=seed, device=device)
+                                                  subset_size=kid_subset_size, seed=seed,
+                                                  device=None if on_cpu else device)
     limit = len(reference.features) if prdc_samples is None else prdc_samples
     chosen = features
     if len(features) > limit:
