@@ -5,9 +5,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 
-__all__ = ["feature_statistics", "frechet_distance", "trace_sqrt_product", "fid_from_features", "polynomial_kernel", "mmd2_unbiased",
-           "kernel_inception_distance"]
+__all__ = ["feature_statistics", "frechet_distance", "trace_sqrt_product", "fid_from_features", "polynomial_kernel",
+           "mmd2_unbiased", "kernel_inception_distance"]
 
 
 def _as_features(features, name: str) -> np.ndarray:
@@ -44,8 +45,6 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, *, device=None) -
     in float64 (torch, on ``device``, default the CPU) instead of a general ``sqrtm``. √Σ₁ = V diag(√max(w, 0)) Vᵀ;
     eigenvalues of either matrix below −1e-10 of its largest (10⁻¹⁰ ≫ d·u ≈ 2·10⁻¹³, the rounding of a PSD
     matrix's eigenvalues for d = 2048) mean it is not PSD: ValueError; smaller negative ones are rounding, taken as 0."""
-    import torch
-
     s1, s2 = (torch.as_tensor(np.asarray(s, np.float64), device=device) for s in (sigma1, sigma2))
     w, v = torch.linalg.eigh(s1)
     _check_psd(w, "Σ₁")
@@ -120,8 +119,7 @@ def kernel_inception_distance(features1, features2, *, num_subsets: int = 100, s
     subsets = [(rng.choice(len(f1), m, replace=False), rng.choice(len(f2), m, replace=False))
                for _ in range(num_subsets)]
     if device is not None:
-        import torch
-
         f1, f2 = (torch.from_numpy(f).to(device) for f in (f1, f2))
+        subsets = [(torch.from_numpy(i1).to(f1.device), torch.from_numpy(i2).to(f1.device)) for i1, i2 in subsets]
     values = [mmd2_unbiased(f1[i1], f2[i2]) for i1, i2 in subsets]
     return float(np.mean(values)), float(np.std(values))

@@ -200,7 +200,8 @@ def _judge(spec: str, device):
     from ...accel import file_identity
     from .assets import load_judge
 
-    return _kept("judge", (spec, file_identity(spec.split(":", 1)[1]), str(device)), lambda: load_judge(spec, device))
+    weights = file_identity(spec.partition(":")[2]) if spec.startswith("cifar-resnet:") else None  # random: a seed
+    return _kept("judge", (spec, weights, str(device)), lambda: load_judge(spec, device))
 
 
 def _judge_accuracy(spec: str, images: np.ndarray, labels: np.ndarray, device) -> float:
