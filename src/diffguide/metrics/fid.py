@@ -42,9 +42,9 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, *, device=None) -
 
     Σ₁Σ₂ = √Σ₁ · (√Σ₁ Σ₂) and (√Σ₁ Σ₂) · √Σ₁ have the same eigenvalues, and the second is symmetric PSD, so the
     principal square root's trace is the sum of the square roots of its eigenvalues: two symmetric eigendecompositions
-    in float64 (torch, on ``device``, default the CPU) instead of a general ``sqrtm``. √Σ₁ = V diag(√max(w, 0)) Vᵀ;
-    eigenvalues of either matrix below −1e-10 of its largest (10⁻¹⁰ ≫ d·u ≈ 2·10⁻¹³, the rounding of a PSD
-    matrix's eigenvalues for d = 2048) mean it is not PSD: ValueError; smaller negative ones are rounding, taken as 0."""
+    in float64 (torch, on ``device``, default the CPU) instead of a general ``sqrtm``. √Σ₁ = V diag(√max(w, 0)) Vᵀ.
+    An eigenvalue of either matrix below −1e-10 of its largest (10⁻¹⁰ ≫ d·u ≈ 2·10⁻¹³, the rounding of a PSD
+    matrix's eigenvalues for d = 2048) means it is not PSD: ValueError; smaller negative ones are rounding (zeros)."""
     s1, s2 = (torch.as_tensor(np.asarray(s, np.float64), device=device) for s in (sigma1, sigma2))
     w, v = torch.linalg.eigh(s1)
     _check_psd(w, "Σ₁")
