@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
@@ -172,12 +173,15 @@ def _check_cfg_capable(net: nn.Module, config: NetworkConfig) -> None:
 
 def sample(settings: SampleSettings | None = None, *, out: str | Path | None = None, resume: bool = False,
            overwrite: bool = False, device: str | None = None, progress: bool = True, fast: bool | None = None,
-           **fields) -> SampleSet | None:
+           step_callback: Callable[[Guidance, int], Callable | None] | None = None, **fields) -> SampleSet | None:
     """Draw samples as ``diffguide sample`` does: pass a :class:`SampleSettings` or its fields as keywords.
 
     With ``out`` the run is written there (shards, ``samples.npz``, ``grid.png``, ``run.json``) and can be resumed;
     under torchrun, rank 0 returns the merged samples and the other ranks ``None``. ``fast``: the compiled channels-last
     network of :mod:`diffguide.accel` (default: on CUDA only; ``False`` is plain eager PyTorch).
+    ``step_callback(guidance, start)``: the sampler ``callback`` of the batch whose first sample is ``start``, given
+    the run's :class:`~diffguide.guidance.Guidance` (e.g. to read the classifier along the steps); see
+    :func:`diffguide.sampling.generate`.
     """
     if (settings is None) == (not fields):
         raise TypeError("sample: pass a SampleSettings or its fields as keyword arguments (one of the two)")
@@ -208,4 +212,5 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
                     seed=s.seed,
                     batch_size=s.batch_size, out_dir=out, config={**s.to_dict(), "clip_x0": clip_x0, "variance": variance}, resume=resume,
                     overwrite=overwrite, bf16=s.bf16, progress=progress, on_nonfinite=s.on_nonfinite,
-                    device=str(dev), class_names=config.extra.get("class_names"))
+                    device=str(dev), class_names=config.extra.get("class_names"),
+                    step_callback=None if step_callback is None else lambda start: step_callback(guidance, start))

@@ -15,7 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -182,13 +182,17 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
              sampler_options: dict | None = None, seed: int = 0, batch_size: int = 64, out_dir: str | Path | None = None,
              config: dict[str, Any] | None = None, resume: bool = False, overwrite: bool = False,
              bf16: bool = False, progress: bool = True, on_nonfinite: str = "raise", device: str | None = None,
-             grid_images: int = 64, class_names: list[str] | None = None) -> SampleSet | None:
+             grid_images: int = 64, class_names: list[str] | None = None,
+             step_callback: Callable[[int], Callable | None] | None = None) -> SampleSet | None:
     """Draw ``num_samples`` samples of shape ``image_shape`` (C, H, W).
 
     Without ``out_dir`` everything stays in memory (one process). With it, shards are written and merged as described
     in the module docstring; ``config`` (everything that determines the samples) is saved as ``run.json`` and must match
     on resume. Under torchrun every rank calls this; rank 0 returns the merged :class:`SampleSet`, the others ``None``.
-    ``class_names`` (index → name) label the rows of ``grid.png``.
+    ``class_names`` (index → name) label the rows of ``grid.png``. ``step_callback(start)``, called before each
+    batch is sampled (start = its first sample index), returns the sampler's ``callback`` for that batch (it gets
+    every step's :class:`~diffguide.samplers.StepRecord`) or None; shards found finished on resume are not sampled
+    again and get none.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
@@ -221,6 +225,7 @@ def generate(denoiser: Denoiser, *, num_samples: int, image_shape: tuple[int, in
             autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
             with autocast:
                 out = sample_fn(denoiser, noise, y, guidance=guidance, on_nonfinite=on_nonfinite,
+                                callback=step_callback(start) if step_callback is not None else None,
                                 **(sampler_options or {}))
             nonfinite += out.nonfinite_zeroed
             images = to_uint8_images(out.samples)

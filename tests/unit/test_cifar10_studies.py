@@ -161,6 +161,54 @@ def test_tiny_pipeline_runs_every_unit(tiny_run):
     assert record["metrics"]["num_samples"] == 24
 
 
+def test_scoring_with_the_kept_assets_gives_the_numbers_of_a_fresh_load(tiny_run):
+    """The units of one process share the Inception network, the reference (and its k-NN radii) and the judge
+    (runner._kept); scoring a unit's samples again with everything loaded afresh gives exactly its recorded metrics
+    and judge accuracy (the same arithmetic on the same inputs; the JSON keeps floats exactly)."""
+    from diffguide.metrics import InceptionFeatures, Reference, evaluate_features
+    from diffguide.studies.cifar10.assets import load_judge
+
+    study, root, _ = tiny_run
+    cache = root / "cache" / study.name
+    results = load_results(root / "results")
+    scored = [r for r in results.values() if "metrics" in r]
+    assert len(scored) > 2
+    for record in scored[:2]:
+        assert set(record["timing"]) == {"sampling_s", "features_s", "metrics_s", "judge_s"}
+        assert record["timing"]["sampling_s"] == record["sampling_seconds"]
+        with np.load(cache / "samples" / record["unit"] / "samples.npz") as data:
+            images, labels = data["arr_0"], data["arr_1"]
+        features = InceptionFeatures(study.assets["inception"], device="cpu")(images)
+        fresh = evaluate_features(features, Reference.load(cache / "reference.npz"), seed=record["seed"],
+                                  device="cpu")
+        assert record["metrics"] == fresh
+        judge = load_judge(study.assets["judge"], "cpu")
+        with torch.no_grad():
+            predicted = judge(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1).argmax(1).numpy()
+        assert record["judge_consistency"] == float((predicted == labels).mean())
+
+
+def test_kept_assets_load_once_per_key_and_drop_the_least_recently_used(tmp_path):
+    from diffguide.accel import file_identity
+    from diffguide.studies.cifar10 import runner
+
+    loads = []
+    kept = lambda key: runner._kept("test-kind", key, lambda: loads.append(key) or object())  # noqa: E731
+    first = kept(("a",))
+    assert kept(("a",)) is first and loads == [("a",)]
+    for name in "bcde":  # 4 more keys: "a" (the least recently used) is dropped
+        kept((name,))
+    assert kept(("e",)) is not first and loads == [("a",), ("b",), ("c",), ("d",), ("e",)]
+    kept(("a",))
+    assert loads[-1] == ("a",)
+    path = tmp_path / "weights.th"
+    path.write_bytes(b"1")
+    before = file_identity(path)
+    path.write_bytes(b"22")  # rewritten on disk: another key, loaded afresh
+    assert file_identity(path) != before
+    runner._kept_assets.pop("test-kind")
+
+
 def test_second_run_skips_and_partial_unit_resumes(tiny_run):
     study, root, _ = tiny_run
     folder = root / "results"

@@ -13,6 +13,7 @@ from math import comb
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from click.testing import CliRunner
 from torch.nn import functional as F
@@ -55,10 +56,16 @@ def test_fid_of_a_feature_set_against_itself_is_zero():
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.3, 2.0])
-def test_fid_matches_independent_eigenvalue_computation(shift):
+def test_fid_matches_independent_eigenvalue_computation_and_scipy_sqrtm(shift):
+    """Against NumPy's eigenvalues (np.cov covariances) and against pytorch-fid's way, tr of scipy's sqrtm(Σ₁Σ₂): all
+    float64 computations of one number, whose rounding is ~d²·u·tr Σ ≈ 1600 · 1.1e-16 · 90 ≈ 2e-11 here; 1e-9
+    leaves 50x, and a wrong factor or a missing term moves the value by > 0.1."""
     f1, f2 = correlated_features(500, 40, seed=2), correlated_features(700, 40, shift=shift, seed=3) * 1.5
     value = fid_from_features(f1, f2)
-    assert value == pytest.approx(fid_by_eigenvalues(f1, f2), abs=1e-6)
+    assert value == pytest.approx(fid_by_eigenvalues(f1, f2), abs=1e-9, rel=0)
+    (mu1, s1), (mu2, s2) = feature_statistics(f1), feature_statistics(f2)
+    by_sqrtm = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+    assert value == pytest.approx(by_sqrtm, abs=1e-9, rel=0)
     assert value > 0.1
 
 
@@ -91,8 +98,13 @@ def test_frechet_distance_rejects_bad_shapes_and_complex_roots():
         frechet_distance(np.zeros(2), np.eye(3), np.zeros(2), eye)
     with pytest.raises(ValueError, match="means"):
         frechet_distance(np.zeros(2), eye, np.zeros(3), eye)
-    with pytest.raises(ValueError, match="imaginary component"):  # Σ₁ not PSD: √(−1)
+    with pytest.raises(ValueError, match="Σ₁ is not positive semi-definite"):  # √(−1)
         frechet_distance(np.zeros(2), np.diag([1.0, -1.0]), np.zeros(2), eye)
+    with pytest.raises(ValueError, match="Σ₂.* not positive semi-definite"):
+        frechet_distance(np.zeros(2), eye, np.zeros(2), np.diag([1.0, -1.0]))
+    # a rounding-size negative eigenvalue (of a rank-deficient covariance) is a zero: tr √(Σ₁Σ₂) = √1 + √0, so
+    # FID = tr Σ₁ + tr Σ₂ − 2 = (1 − 1e-14) + 2 − 2
+    assert frechet_distance(np.zeros(2), np.diag([1.0, -1e-14]), np.zeros(2), eye) == pytest.approx(1.0, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------------------ KID
@@ -126,6 +138,33 @@ def test_kid_subsets_seeded_and_sensitive():
     assert shifted[0] > 10 * max(abs(same[0]), same[1])
     with pytest.raises(ValueError, match="dimensions differ"):
         kernel_inception_distance(x, y[:, :5])
+
+
+def kid_rounding_bound(x, y, m):
+    """How far two float64 computations of one KID (same subsets of m points, terms summed in another order) can
+    differ. A sum of n terms in float64 is off by at most n·u·Σ|terms| (u = 2⁻⁵³); every kernel value and its
+    rounding error is bounded by K = max (|a||b|/d + 1)³ over the pairs, the MMD² of one subset is a signed sum of 3m²
+    such values normalised by ~m², and each kernel value is itself a d-term dot product cubed: |ΔMMD²| ≤
+    4(m² + d)·u·K. The mean and the standard deviation over subsets move by at most as much (both are 1-Lipschitz in
+    the RMS norm)."""
+    d = x.shape[1]
+    norms = np.linalg.norm(np.concatenate([x, y]).astype(np.float64), axis=1)
+    return 4 * (m**2 + d) * 2.0**-53 * (norms.max() ** 2 / d + 1) ** 3
+
+
+def test_kid_in_torch_matches_numpy_on_the_same_subsets():
+    """The torch float64 path (device given) draws the same subsets and sums the same terms in another order: equal
+    within :func:`kid_rounding_bound`. A wrong subset or a dropped diagonal moves the value by ~1e-2 here, 10⁸ times
+    more."""
+    x, y = correlated_features(300, 32, seed=11), correlated_features(250, 32, shift=0.5, seed=12)
+    m = 100
+    bound = kid_rounding_bound(x, y, m)
+    reference = kernel_inception_distance(x, y, num_subsets=6, subset_size=m, seed=5)
+    on_torch = kernel_inception_distance(x, y, num_subsets=6, subset_size=m, seed=5, device="cpu")
+    assert reference[0] > 1e-2 and bound < 1e-8
+    assert on_torch == pytest.approx(reference, abs=bound, rel=0)
+    other_subsets = kernel_inception_distance(x, y, num_subsets=6, subset_size=m, seed=6, device="cpu")
+    assert abs(other_subsets[0] - reference[0]) > 1e3 * bound
 
 
 # ----------------------------------------------------------------------------------------------------------- PRDC
@@ -174,6 +213,19 @@ def test_prdc_identical_and_disjoint_gaussians():
     assert same.coverage == pytest.approx(1 - comb(n - 1, k) / comb(2 * n - 1, k), abs=0.03)
     far = prdc(real, fake + 50.0, k=k)
     assert (far.precision, far.recall, far.density, far.coverage) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_prdc_with_precomputed_real_radii_is_the_same_computation():
+    real, fake = correlated_features(120, 5, seed=6), correlated_features(90, 5, shift=0.4, seed=7)
+    radii = torch.from_numpy(prdc_by_numpy_radii(real, 3))
+    assert prdc(real, fake, k=3, real_radii=radii) == prdc(real, fake, k=3)  # same radii, same numbers: exact
+    assert prdc(real, fake, k=3, real_radii=radii * 0.5) != prdc(real, fake, k=3)  # the radii are used
+    with pytest.raises(ValueError, match="real_radii must be"):
+        prdc(real, fake, k=3, real_radii=radii[:-1])
+
+
+def prdc_by_numpy_radii(real, k):
+    return np.sort(np.sqrt(((real[:, None, :] - real[None, :, :]) ** 2).sum(-1)), axis=1)[:, k]
 
 
 def test_prdc_errors():
@@ -361,6 +413,22 @@ def test_reference_round_trip_and_network_check(stand_in, tmp_path):
         Reference.load(tmp_path / "other.npz")
     metrics = evaluate_features(extractor(images), reference, kid_subset_size=12, kid_subsets=5, k=2)
     assert abs(metrics["fid"]) < 1e-6 and metrics["num_samples"] == 30 and metrics["prdc_samples"] == 12
+
+
+def test_evaluate_features_keeps_the_reference_radii(stand_in):
+    """The reference's k-NN radii are computed once per (k, device) and kept; scoring with them gives exactly the
+    numbers of a fresh reference (same arithmetic), and device='cpu' those of no device (KID stays in NumPy there:
+    its float64 matmuls measured faster than torch's on the CPU; the torch path is checked against it above)."""
+    images = RNG.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    extractor = InceptionFeatures(stand_in, device="cpu", batch_size=16)
+    reference = compute_reference(images[:40], extractor, source="toy", num_features=30, seed=3)
+    features = extractor(images[20:])
+    fresh = evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2)
+    radii = reference.real_radii(2)
+    assert reference.real_radii(2) is radii and reference.real_radii(3) is not radii
+    assert evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2) == fresh
+    assert evaluate_features(features, reference, kid_subset_size=20, kid_subsets=4, k=2, device="cpu") == fresh
+    assert fresh["kid"] != 0 and 0 < fresh["coverage"] <= 1  # not a degenerate set
 
 
 @pytest.fixture

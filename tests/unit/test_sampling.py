@@ -56,6 +56,36 @@ def test_batch_size_does_not_change_samples():
     np.testing.assert_array_equal(_run(batch_size=3).images, _run(batch_size=10).images)
 
 
+def test_step_callback_gets_every_batchs_steps_as_a_direct_sampler_call(tmp_path):
+    """generate's per-batch ``step_callback(start)`` is handed to the sampler of that batch: its records are those of
+    the sampler called directly on the batch's noise streams and labels (the same operations on the same inputs:
+    equal exactly), the samples do not change, and a resumed run calls it only for the shards it samples."""
+    from diffguide.noise import SeededNoise
+    from diffguide.samplers import SAMPLERS
+
+    seen = []
+
+    def step_callback(start):
+        return lambda step: seen.append((start, step.i, step.x_t.clone(), step.x0.clone()))
+
+    with_callback = _run(step_callback=step_callback)
+    np.testing.assert_array_equal(with_callback.images, _run().images)
+    assert sorted({(start, i) for start, i, *_ in seen}) == [(s, i) for s in (0, 4, 8) for i in range(8)]
+    direct = []
+    labels = torch.as_tensor(class_labels(10, 4, "balanced")[4:8])
+    SAMPLERS["ddpm"](_denoiser(), SeededNoise(3, range(4, 8), (3, 8, 8)), labels,
+                     callback=lambda step: direct.append((step.i, step.x_t.clone(), step.x0.clone())))
+    batch = [(i, x_t, x0) for start, i, x_t, x0 in seen if start == 4]
+    assert [i for i, *_ in batch] == [i for i, *_ in direct]
+    for (_, x_t, x0), (_, want_x_t, want_x0) in zip(batch, direct):
+        assert torch.equal(x_t, want_x_t) and torch.equal(x0, want_x0)
+    _run(tmp_path / "run")
+    (tmp_path / "run" / "shards" / "shard_000001.npz").unlink()
+    seen.clear()
+    _run(tmp_path / "run", resume=True, step_callback=step_callback)
+    assert {start for start, *_ in seen} == {4}
+
+
 def test_resume_redoes_only_missing_shards(tmp_path):
     first = _run(tmp_path / "run")
     shards = sorted((tmp_path / "run" / "shards").iterdir())

@@ -9,16 +9,17 @@ with a classifier (:mod:`.consistency`).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..io import atomic_save_npz
 from .consistency import class_consistency
 from .fid import feature_statistics, fid_from_features, frechet_distance, kernel_inception_distance
 from .inception import FEATURE_DIM, InceptionFeatures, NetworkIdentity, resolve_inception_path
-from .prdc import PRDC, prdc
+from .prdc import PRDC, knn_radii, prdc
 
 __all__ = [
     "Reference", "compute_reference", "evaluate_features", "feature_statistics", "frechet_distance",
@@ -38,7 +39,11 @@ INCEPTION_SCORE_UNAVAILABLE = (
 class Reference:
     """Reference statistics of a data set: μ [D] and Σ [D, D] (float64) over all ``count`` images, a seeded random
     subset of their features [K, D] (for KID, precision/recall, density/coverage) with their positions ``indices``,
-    the feature ``network`` identity, the ``source`` it came from and the image shape (H, W, C)."""
+    the feature ``network`` identity, the ``source`` it came from and the image shape (H, W, C).
+
+    What every scoring against it needs and no generated set changes — the feature subset as a float64 tensor on a
+    device and its k-NN radii — is computed on first use and kept on the object (:meth:`features_on`,
+    :meth:`real_radii`); treat the arrays as read-only once it is used."""
 
     mu: np.ndarray
     sigma: np.ndarray
@@ -48,6 +53,22 @@ class Reference:
     network: NetworkIdentity
     source: str
     image_shape: tuple[int, int, int]
+    _on_device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def features_on(self, device=None) -> torch.Tensor:
+        """The feature subset [K, D] as float64 on ``device`` (default CPU), one copy per device, kept."""
+        key = ("features", torch.device(device if device is not None else "cpu"))
+        if key not in self._on_device:
+            self._on_device[key] = torch.from_numpy(np.asarray(self.features)).to(device=key[1], dtype=torch.float64)
+        return self._on_device[key]
+
+    def real_radii(self, k: int, device=None) -> torch.Tensor:
+        """NND_k of every reference feature (:func:`.prdc.knn_radii` of :meth:`features_on`), computed once per
+        (k, device) and kept: precision and density/coverage compare every generated set with the same real balls."""
+        key = ("radii", k, torch.device(device if device is not None else "cpu"))
+        if key not in self._on_device:
+            self._on_device[key] = knn_radii(self.features_on(device), k)
+        return self._on_device[key]
 
     def save(self, path) -> Path:
         """Write to ``path`` (.npz) atomically (temporary file, then rename)."""
@@ -115,18 +136,23 @@ def evaluate_features(features: np.ndarray, reference: Reference, *, k: int = 3,
                       device=None) -> dict:
     """FID (all ``features`` vs the reference μ, Σ), KID and precision/recall/density/coverage (against the reference
     feature subset; at most ``prdc_samples`` generated features, default as many as the reference subset, drawn with
-    ``seed``). Returns a flat dict of numbers."""
+    ``seed``). The FID root, KID and precision/recall/density/coverage in float64 on ``device`` (default: the CPU;
+    KID on the CPU in NumPy); the reference's k-NN radii are computed once per reference, k and device
+    (:meth:`Reference.real_radii`). Returns a flat dict of numbers."""
     if features.ndim != 2 or features.shape[1] != reference.mu.shape[0]:
         raise ValueError(f"evaluate_features: expected features [N, {reference.mu.shape[0]}], got {features.shape}")
     mu, sigma = feature_statistics(features, "sample features")
-    fid = frechet_distance(mu, sigma, reference.mu, reference.sigma)
+    fid = frechet_distance(mu, sigma, reference.mu, reference.sigma, device=device)
+    on_cpu = device is None or torch.device(device).type == "cpu"  # NumPy's float64 matmuls are the faster there
     kid_mean, kid_std = kernel_inception_distance(features, reference.features, num_subsets=kid_subsets,
-                                                  subset_size=kid_subset_size, seed=seed)
+                                                  subset_size=kid_subset_size, seed=seed,
+                                                  device=None if on_cpu else device)
     limit = len(reference.features) if prdc_samples is None else prdc_samples
     chosen = features
     if len(features) > limit:
         chosen = features[np.sort(np.random.default_rng(seed).choice(len(features), limit, replace=False))]
-    manifold = prdc(reference.features, chosen, k=k, device=device)
+    manifold = prdc(reference.features_on(device), chosen, k=k, device=device,
+                    real_radii=reference.real_radii(k, device))
     return {"fid": fid, "kid": kid_mean, "kid_std": kid_std, "precision": manifold.precision,
             "recall": manifold.recall, "density": manifold.density, "coverage": manifold.coverage,
             "num_samples": len(features), "num_reference": reference.count,

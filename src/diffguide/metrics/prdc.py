@@ -77,17 +77,24 @@ class PRDC:
 
 
 def prdc(real, fake, *, k: int = 3, device=None, dtype: torch.dtype = torch.float64,
-         chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> PRDC:
+         chunk_bytes: int = DEFAULT_CHUNK_BYTES, real_radii: Tensor | None = None) -> PRDC:
     """Precision, recall, density and coverage of generated features ``fake`` [M, D] against ``real`` [N, D].
 
-    One pass over row chunks of the real-vs-fake distances, in ``dtype`` (float64 by default) on ``device``."""
+    One pass over row chunks of the real-vs-fake distances, in ``dtype`` (float64 by default) on ``device``.
+    ``real_radii``: NND_k of ``real`` [N] as :func:`knn_radii` returns them (the same for every ``fake`` set scored
+    against one reference, so a caller may compute them once: :meth:`diffguide.metrics.Reference.real_radii`)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"prdc: k must be a positive integer, got {k!r}")
     x = _as_tensor(real, "real", device, dtype)
     y = _as_tensor(fake, "fake", x.device, dtype)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"prdc: feature dimensions differ: real {x.shape[1]}, fake {y.shape[1]}")
-    real_radii, fake_radii = knn_radii(x, k, chunk_bytes=chunk_bytes), knn_radii(y, k, chunk_bytes=chunk_bytes)
+    if real_radii is None:
+        real_radii = knn_radii(x, k, chunk_bytes=chunk_bytes)
+    elif tuple(real_radii.shape) != (len(x),):
+        raise ValueError(f"prdc: real_radii must be [{len(x)}] (one per real feature), got {tuple(real_radii.shape)}")
+    real_radii = real_radii.to(device=x.device, dtype=dtype)
+    fake_radii = knn_radii(y, k, chunk_bytes=chunk_bytes)
     fake_in_some_real_ball = torch.zeros(len(y), dtype=torch.bool, device=x.device)
     real_balls_holding_fake = torch.zeros(len(y), dtype=torch.int64, device=x.device)
     real_in_some_fake_ball, nearest_fake = [], []

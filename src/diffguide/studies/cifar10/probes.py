@@ -6,13 +6,13 @@
   their chosen scales (JSON + one plot);
 - ``sample_grid`` — 10 samples per class at a method's (chosen or fixed) scale, one row per class (JSON + PNG).
 
-All three read the sampler's ``callback`` or the plain :func:`diffguide.api.sample`, with the same settings as the
-scored units (:func:`~.runner.build_settings`), eagerly (no compiled network), labels balanced.
+All three run :func:`diffguide.api.sample` (the trajectories and ‖∇J‖ through its ``step_callback``, the sampler's
+per-step record), with the same settings as the scored units (:func:`~.runner.build_settings`), eagerly (no compiled
+network), labels balanced.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -25,7 +25,7 @@ from ...io import atomic_save_npz, atomic_write_text
 from .plan import Unit, sampling_variance
 from .runner import Study, build_settings, environment, resolve, result_path, trajectory_path
 
-__all__ = ["recorded_steps", "sample_with_callback", "run_trajectories", "GuidanceRecorder", "guidance_curves",
+__all__ = ["recorded_steps", "run_trajectories", "GuidanceRecorder", "guidance_curves",
            "run_gradnorm", "run_sample_grid", "class_names"]
 
 
@@ -33,37 +33,6 @@ def recorded_steps(num_steps: int, every: int = 10) -> list[int]:
     """The step indices i kept along a trajectory of ``num_steps`` steps: every ``every``-th from 0 and the first
     step, i = num_steps − 1 (0, 10, …, 90, 99 for DDPM-100)."""
     return sorted(set(range(0, num_steps, every)) | {num_steps - 1})
-
-
-def sample_with_callback(settings, make_callback, device=None) -> tuple[np.ndarray | None, int]:
-    """Run the sampler of ``settings`` batch by batch, as :func:`diffguide.api.sample` does (same denoiser, guidance,
-    per-sample noise streams and labels, bf16 autocast when set), calling ``make_callback(guidance, start)`` for
-    each batch's sampler ``callback``. Returns (the run's labels, the number of zeroed non-finite guidance
-    gradients)."""
-    from ...api import _guidance, load_diffusion
-    from ...devices import resolve_device
-    from ...noise import SeededNoise
-    from ...samplers import SAMPLERS, sampler_options
-    from ...sampling import class_labels
-
-    dev = resolve_device(device)
-    net, config = load_diffusion(settings.model, settings.preset, device=dev)
-    guidance = _guidance(settings, dev, config.null_label)
-    denoiser = config.denoiser(net, settings.steps, clip_x0=settings.clip_x0, variance=settings.variance)
-    labels = class_labels(settings.num_samples, config.kwargs.get("num_classes"), settings.labels, settings.seed)
-    shape = (config.kwargs["in_channels"], config.kwargs["image_size"], config.kwargs["image_size"])
-    options = {"eta": settings.eta} if "eta" in sampler_options(settings.sampler) else {}
-    zeroed = 0
-    for start in range(0, settings.num_samples, settings.batch_size):
-        stop = min(start + settings.batch_size, settings.num_samples)
-        noise = SeededNoise(settings.seed, range(start, stop), shape, device=dev)
-        y = torch.as_tensor(labels[start:stop], device=dev, dtype=torch.long)
-        autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if settings.bf16 else contextlib.nullcontext()
-        with autocast:
-            out = SAMPLERS[settings.sampler](denoiser, noise, y, guidance=guidance, on_nonfinite=settings.on_nonfinite,
-                                             callback=make_callback(guidance, start), **options)
-        zeroed += out.nonfinite_zeroed
-    return labels, zeroed
 
 
 def _probe_settings(study: Study, unit: Unit, method: str, scale, extra: dict, spec: dict, cache: Path):
@@ -75,7 +44,7 @@ def _probe_settings(study: Study, unit: Unit, method: str, scale, extra: dict, s
 def run_trajectories(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> None:
     """x̂0 and x_t (float16 [steps kept, N, C, H, W]) at :func:`recorded_steps` of unguided conditional runs of the
     base model, with their original timesteps and conditioning labels."""
-    from ...api import SampleSettings
+    from ...api import SampleSettings, sample
 
     p, a = unit.params, study.assets
     settings = SampleSettings(model=a["model"], num_samples=p["num_samples"], batch_size=a["batch_size"],
@@ -85,7 +54,7 @@ def run_trajectories(study: Study, unit: Unit, cache: Path, results_dir: Path, r
     batches: list[dict] = []
     timesteps: dict[int, int] = {}
 
-    def make_callback(guidance, start):
+    def step_callback(guidance, start):
         kept = {}
         batches.append(kept)
 
@@ -96,7 +65,7 @@ def run_trajectories(study: Study, unit: Unit, cache: Path, results_dir: Path, r
                 timesteps[step.i] = int(step.t[0])
         return record
 
-    labels, _ = sample_with_callback(settings, make_callback, a.get("device"))
+    labels = sample(settings, device=a.get("device"), progress=False, fast=False, step_callback=step_callback).labels
     stacked = {name: np.concatenate([np.stack([b[i][k] for i in keep]) for b in batches], axis=1)
                for k, name in enumerate(("x0", "x_t"))}
     atomic_save_npz(trajectory_path(cache, unit.id), **stacked, t=np.array([timesteps[i] for i in keep]),
@@ -152,6 +121,8 @@ def guidance_curves(recorder: GuidanceRecorder) -> dict:
 
 
 def run_gradnorm(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> None:
+    from ...api import sample
+
     start = time.perf_counter()
     record = {"unit": unit.id, **unit.params, **environment(study), "curves": {}}
     for method in unit.params["methods"]:
@@ -160,12 +131,13 @@ def run_gradnorm(study: Study, unit: Unit, cache: Path, results_dir: Path, resul
         settings = _probe_settings(study, unit, method, scale, extra, spec, cache)
         recorders = []
 
-        def make_callback(guidance, batch_start):
+        def step_callback(guidance, batch_start):
             if not recorders:
                 recorders.append(GuidanceRecorder(guidance))
             return recorders[0]
 
-        _, zeroed = sample_with_callback(settings, make_callback, study.assets.get("device"))
+        zeroed = sample(settings, device=study.assets.get("device"), progress=False, fast=False,
+                        step_callback=step_callback).nonfinite_zeroed
         record["curves"][method] = {"scale": scale, "nonfinite_zeroed": zeroed, **guidance_curves(recorders[0]),
                                     "settings": dataclasses.asdict(settings)}
     record["seconds"] = time.perf_counter() - start
