@@ -121,7 +121,7 @@ def test_final_points_per_method():
 def test_method_panels_group_the_methods_as_the_issue_asks():
     panels = dict(method_panels(guidance_study({}, tiny=False).methods))
     first, objectives, guides, points = panels.values()
-    assert first == ["none", "cfg", "adm_g_ce", "adm_g_sece", "best_cg_plus_cfg"]
+    assert first == ["none", "cfg", "adm_g_base", "adm_g_ce", "adm_g_sece", "best_cg_plus_cfg"]
     assert objectives == ["elucd_resnet32", "tilted", "entropy_confidence", "entropy_inverse_entropy", "entropy_time",
                           "reverse_kl_a0.5_e0.9", "forward_kl_a0.5_e0.9", "js_a0.5_e0.9", "hellinger_a0.5_e0.9"]
     assert guides == ["elucd_resnet20", "elucd_resnet32", "elucd_resnet44", "elucd_resnet32_softplus3"]
