@@ -201,63 +201,12 @@ def environment(study: Study) -> dict:
             "tiny": study.tiny}
 
 
-KEPT_PER_KIND = 4
-"""How many loaded scoring assets :func:`_kept` holds per kind (Inception networks, references, judges) per process."""
-_kept_assets: dict[str, dict] = {}
-
-
-def _kept(kind: str, key: tuple, load):
-    """``load()`` memoised on (``kind``, ``key``) in this process, the least recently used going first beyond
-    :data:`KEPT_PER_KIND`: a study runs hundreds of units in one process against the same Inception network, reference
-    and judges, which each unit used to load again. Key on :func:`~diffguide.accel.file_identity` of the files and
-    the device, so a file changed on disk is loaded afresh."""
-    kept = _kept_assets.setdefault(kind, {})
-    value = kept.pop(key) if key in kept else load()
-    kept[key] = value  # insertion order = use order: the most recent last
-    while len(kept) > KEPT_PER_KIND:
-        del kept[next(iter(kept))]
-    return value
-
-
-def _scoring_assets(study: Study, cache: Path, device):
-    """(Inception feature extractor, reference) of ``study``, loaded once per process and device; a ValueError if
-    the reference was computed with another feature network."""
-    from ...accel import file_identity
-    from ...metrics import InceptionFeatures, Reference
-
-    inception, reference_file = study.assets["inception"], cache / "reference.npz"
-    extractor = _kept("inception", (file_identity(inception), str(device)),
-                      lambda: InceptionFeatures(inception, device=device))
-    reference = _kept("reference", (file_identity(reference_file),), lambda: Reference.load(reference_file))
-    reference.check_network(extractor.identity)
-    return extractor, reference
-
-
-def _judge(spec: str, device):
-    """The classifier ``spec`` names (:func:`~.assets.load_judge`), loaded once per process and device."""
-    from ...accel import file_identity
-    from .assets import load_judge
-
-    weights = file_identity(spec.partition(":")[2]) if spec.startswith("cifar-resnet:") else None  # random: a seed
-    return _kept("judge", (spec, weights, str(device)), lambda: load_judge(spec, device))
-
-
-def _judge_accuracy(spec: str, images: np.ndarray, labels: np.ndarray, device) -> float:
-    judge = _judge(spec, device)
-    predictions = []
-    with torch.no_grad():
-        for start in range(0, len(images), 500):
-            x = torch.from_numpy(images[start:start + 500]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-            predictions.append(judge(x).argmax(1).cpu().numpy())
-    return float((np.concatenate(predictions) == labels).mean())
-
-
 def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> dict:
-    """Sample a unit, then score it: Inception features, FID/KID/PRDC on the study's device, the judge's (and an
-    off-the-shelf guide's) accuracy. The record's ``timing`` gives each stage's seconds; loading the Inception
-    network, the reference and the judges counts in the first unit of a process only (:func:`_kept`)."""
+    """Sample a unit, then score it (:func:`.scoring.score`): Inception features, FID/KID/PRDC on the study's
+    device, the judge's (and an off-the-shelf guide's) accuracy. The record's ``timing`` gives each stage's seconds;
+    loading the scoring networks counts in the first unit of a process only (:func:`.scoring.kept`)."""
     from ...api import sample
-    from ...metrics import evaluate_features
+    from .scoring import score
 
     spec, scale, extra = resolve(study, unit, results)
     settings = build_settings(study, unit, spec, scale, extra, cache)
@@ -272,25 +221,15 @@ def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results
         samples = None
     sampling_s = time.perf_counter() - start
     record.update(sampling_seconds=sampling_s, seconds_per_1k_samples=1000 * sampling_s / unit.params["num_samples"])
-    timing = {"sampling_s": sampling_s}
+    record["timing"] = {"sampling_s": sampling_s}
     if samples is not None:
-        images, labels = samples.images, samples.labels
         record["nonfinite_zeroed"] = int(samples.nonfinite_zeroed)
-        record["diverged_share"] = samples.nonfinite_zeroed / len(images)
-        clock = time.perf_counter()
-        extractor, reference = _scoring_assets(study, cache, device)
-        features = extractor(images)
-        timing["features_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        record["metrics"] = evaluate_features(features, reference, seed=unit.params["seed"], device=extractor.device)
-        timing["metrics_s"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        record["judge_consistency"] = _judge_accuracy(study.assets["judge"], images, labels, device)
+        record["diverged_share"] = samples.nonfinite_zeroed / len(samples.images)
         guide = spec.get("guide")
-        if guide is not None and not guide.startswith("clf_") and study.assets["guides"][guide][0] == "x0":
-            record["guide_accuracy"] = _judge_accuracy(study.assets["guides"][guide][1], images, labels, device)
-        timing["judge_s"] = time.perf_counter() - clock
-    record["timing"] = timing
+        off_the_shelf = guide is not None and not guide.startswith("clf_") and study.assets["guides"][guide][0] == "x0"
+        scored = score(study, cache, device, samples.images, samples.labels, seed=unit.params["seed"],
+                       guide=study.assets["guides"][guide][1] if off_the_shelf else None)
+        record.update(scored, timing={**record["timing"], **scored["timing"]})
     record["seconds"] = time.perf_counter() - start
     atomic_write_text(result_path(results_dir, unit), json.dumps(record, indent=2, default=str) + "\n")
     return record

@@ -1,0 +1,85 @@
+"""Scoring one sampling unit of a CIFAR-10 study: Inception features, FID / KID / PRDC against the reference, and
+the accuracy of the judge (and of an off-the-shelf guide) on the samples. The networks and the reference are loaded
+once per process (:func:`kept`): a study scores hundreds of units against the same ones."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .runner import Study
+
+KEPT_PER_KIND = 4
+"""How many loaded scoring assets :func:`kept` holds per kind (Inception networks, references, judges) per process."""
+_kept_assets: dict[str, dict] = {}
+
+
+def kept(kind: str, key: tuple, load):
+    """``load()`` memoised on (``kind``, ``key``) in this process, the least recently used going first beyond
+    :data:`KEPT_PER_KIND`: a study runs hundreds of units in one process against the same Inception network, reference
+    and judges, which each unit used to load again. Key on :func:`~diffguide.accel.file_identity` of the files and
+    the device, so a file changed on disk is loaded afresh."""
+    store = _kept_assets.setdefault(kind, {})
+    value = store.pop(key) if key in store else load()
+    store[key] = value  # insertion order = use order: the most recent last
+    while len(store) > KEPT_PER_KIND:
+        del store[next(iter(store))]
+    return value
+
+
+def scoring_assets(study: Study, cache: Path, device):
+    """(Inception feature extractor, reference) of ``study``, loaded once per process and device; a ValueError if
+    the reference was computed with another feature network."""
+    from ...accel import file_identity
+    from ...metrics import InceptionFeatures, Reference
+
+    inception, reference_file = study.assets["inception"], cache / "reference.npz"
+    extractor = kept("inception", (file_identity(inception), str(device)),
+                     lambda: InceptionFeatures(inception, device=device))
+    reference = kept("reference", (file_identity(reference_file),), lambda: Reference.load(reference_file))
+    reference.check_network(extractor.identity)
+    return extractor, reference
+
+
+def judge(spec: str, device):
+    """The classifier ``spec`` names (:func:`~.assets.load_judge`), loaded once per process and device."""
+    from ...accel import file_identity
+    from .assets import load_judge
+
+    weights = file_identity(spec.partition(":")[2]) if spec.startswith("cifar-resnet:") else None  # random: a seed
+    return kept("judge", (spec, weights, str(device)), lambda: load_judge(spec, device))
+
+
+def judge_accuracy(spec: str, images: np.ndarray, labels: np.ndarray, device) -> float:
+    """The share of uint8 samples [N, H, W, C] that the classifier ``spec`` assigns to their ``labels``."""
+    model = judge(spec, device)
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(images), 500):
+            x = torch.from_numpy(images[start:start + 500]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            predictions.append(model(x).argmax(1).cpu().numpy())
+    return float((np.concatenate(predictions) == labels).mean())
+
+
+def score(study: Study, cache: Path, device, images: np.ndarray, labels: np.ndarray, *, seed: int,
+          guide: str | None = None) -> dict:
+    """{'metrics', 'judge_consistency', ['guide_accuracy',] 'timing'} of uint8 samples [N, H, W, C] with their
+    labels; ``guide``: the spec of an off-the-shelf guide whose own accuracy is reported beside the judge's."""
+    from ...metrics import evaluate_features
+
+    clock = time.perf_counter()
+    extractor, reference = scoring_assets(study, cache, device)
+    features = extractor(images)
+    timing = {"features_s": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    out = {"metrics": evaluate_features(features, reference, seed=seed, device=extractor.device)}
+    timing["metrics_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    out["judge_consistency"] = judge_accuracy(study.assets["judge"], images, labels, device)
+    if guide is not None:
+        out["guide_accuracy"] = judge_accuracy(guide, images, labels, device)
+    timing["judge_s"] = time.perf_counter() - clock
+    return {**out, "timing": timing}
