@@ -444,6 +444,9 @@ def test_reports_show_the_diagnostic_units(tiny_guidance, tiny_run, tmp_path):
     clf = json.loads((root / "results" / "calibration__clf_sece.json").read_text())
     row = clf["noised"]["ece_t"][-1]
     assert f"| {row['t']} |" in text and f"{row['ece']:.4f}" in text  # the ECE_t table is read from the JSON
+    base = json.loads((root / "results" / "calibration__clf_base.json").read_text())["noised"]["ece_t"][-1]
+    cells = " | ".join(f"{base[m]:.4f}" for m in ("accuracy", "ece", "smece"))
+    assert f"| {base['t']} | {cells} | " in text  # before (the base classifier) first, then the two fine-tunes
     assert "![clf_sece noised](results/calibration__clf_sece_noised.png)" in text
     assert "(results/gradnorm__ddpm3__seed1__n20.png)" in text
     assert "| best_cg_plus_cfg | – | not yet run (waits for the seed-0 grid) |" in text

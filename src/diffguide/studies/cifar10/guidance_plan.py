@@ -17,8 +17,8 @@ Diagnostics, fixed with the rest (after the amendment below, before any method w
 unguided conditional DDPM-100 runs of the base model, 500 samples, labels balanced (50 per class), seed 10 (used by no
 scored run), x̂0 and x_t kept at every 10th step and the first (11 steps); calibration of every guiding classifier
 (binned ECE with 10 equal-width bins, smECE): clean on the 10k CIFAR-10 test images, on the trajectories' x̂0 (the
-off-the-shelf ResNets, as they guide: Softplus β = 3, and as trained: ReLU) or x_t (the noise-aware pair), and, for
-the noise-aware pair, on test images noised at each t of the classifier's evaluation timesteps (ECE_t; one ε per
+off-the-shelf ResNets, as they guide: Softplus β = 3, and as trained: ReLU) or x_t (the noise-aware ones), and, for
+the noise-aware ones, on test images noised at each t of the classifier's evaluation timesteps (ECE_t; one ε per
 image shared by every t, seed 0); ‖∇J‖ and the guide's confidence (max softmax on its input, x̂0) along t for the
 EluCD baseline, reverse KL and JS (ResNet-32, α = 0.5, ε = 0.9) at their chosen scales, 256 samples, labels balanced,
 seed 1; sample grids of 10 samples per class (labels balanced, seed 0) of the main methods at their chosen scales.

@@ -76,21 +76,25 @@ def _per_guide(units: list, results: dict, missing: str, rows) -> list[str]:
     return out
 
 
+NOISE_AWARE_GUIDES = ("clf_base", "clf_ce", "clf_sece")
+
+
 def _noise_aware_pair(results: dict, units: list) -> list[str]:
-    """ECE_t of the noise-aware pair on noised test images: Smooth-ECE (clf_sece) against its matched CE-only
-    control (clf_ce), same seed, data and number of steps."""
-    pair = {u.params["guide"]: results.get(u.id) for u in units if u.params["guide"] in ("clf_ce", "clf_sece")}
-    lines = ["", "Before and after Smooth-ECE — ECE_t of the noise-aware pair on test images noised at t "
-             "(`clf_sece`: CE + λ·Smooth-ECE; `clf_ce`: its matched control, CE alone, same seed and steps):", ""]
-    if not pair or any(r is None for r in pair.values()):
+    """ECE_t on noised test images of the noise-aware base classifier (before) and its two fine-tunes: Smooth-ECE
+    (clf_sece, after) against the matched CE-only control (clf_ce), same start, seed, data and number of steps."""
+    found = {u.params["guide"]: results.get(u.id) for u in units if u.params["guide"] in NOISE_AWARE_GUIDES}
+    lines = ["", "Before and after Smooth-ECE — accuracy, ECE and smECE along t on test images noised at t "
+             "(`clf_base`: before; `clf_sece`: fine-tuned with CE + λ·Smooth-ECE; `clf_ce`: its matched control, "
+             "fine-tuned with CE alone from the same start for the same steps):", ""]
+    if set(found) != set(NOISE_AWARE_GUIDES) or any(r is None for r in found.values()):
         return lines + ["Not yet run."]
-    ce, sece = pair["clf_ce"]["noised"]["ece_t"], pair["clf_sece"]["noised"]["ece_t"]
-    lines += ["| t | clf_ce accuracy | clf_ce ECE | clf_ce smECE | clf_sece accuracy | clf_sece ECE | clf_sece smECE |",
-              "|---|---|---|---|---|---|---|"]
-    for a, b in zip(ce, sece):
-        lines.append(f"| {a['t']} | {_summary_cells(a)} | {_summary_cells(b)} |")
-    pooled = [pair[g]["noised"]["pooled"] for g in ("clf_ce", "clf_sece")]
-    lines.append(f"| pooled | {_summary_cells(pooled[0])} | {_summary_cells(pooled[1])} |")
+    rows = [found[g]["noised"]["ece_t"] for g in NOISE_AWARE_GUIDES]
+    lines += ["| t | " + " | ".join(f"{g} {m}" for g in NOISE_AWARE_GUIDES for m in ("accuracy", "ECE", "smECE"))
+              + " |", "|---|" + "---|" * 3 * len(NOISE_AWARE_GUIDES)]
+    for per_t in zip(*rows):
+        lines.append(f"| {per_t[0]['t']} | " + " | ".join(_summary_cells(r) for r in per_t) + " |")
+    pooled = [found[g]["noised"]["pooled"] for g in NOISE_AWARE_GUIDES]
+    lines.append("| pooled | " + " | ".join(_summary_cells(r) for r in pooled) + " |")
     return lines
 
 
