@@ -390,6 +390,20 @@ def tiny_guidance(tmp_path_factory):
     return study, root, first
 
 
+def test_the_two_fine_tunes_start_from_the_base_classifier_and_differ_in_lambda_only(tiny_guidance):
+    """clf_ce and clf_sece are fine-tuned from clf_base: their 'before' evaluations (the base weights, the same
+    seeded ECE_t noise) are identical, their configs differ in λ alone, and each releases a model/ folder."""
+    study, root, _ = tiny_guidance
+    train = root / "cache" / study.name / "train"
+    configs = {g: json.loads((train / g / "calibration_config.json").read_text()) for g in ("clf_ce", "clf_sece")}
+    assert (configs["clf_ce"].pop("ece_weight"), configs["clf_sece"].pop("ece_weight")) == (0.0, 0.1)
+    assert configs["clf_ce"] == configs["clf_sece"] and configs["clf_ce"]["noise_aware"] is True
+    assert configs["clf_ce"]["lr"] == 1e-5 and configs["clf_ce"]["weight_decay"] == 0.0
+    before = [(train / g / "calibration_before.json").read_text() for g in ("clf_ce", "clf_sece")]
+    assert before[0] == before[1]
+    assert all((train / g / "model" / "config.json").is_file() for g in ("clf_base", "clf_ce", "clf_sece"))
+
+
 def test_tiny_guidance_runs_the_diagnostic_units_and_skips_them_when_done(tiny_guidance):
     from diffguide.studies.cifar10.runner import status
 
