@@ -1,0 +1,129 @@
+"""Where the time of an x̂0-guided sampling step goes, at the CIFAR-10 study's batch, side by side in one process.
+
+In the guidance study (issue 13) an x̂0-guided DDPM-100 unit of 5k samples sampled in 32.4 s on the H200 against about
+24.4 s estimated unguided: about 40 ms more per step of 2,500 images, where the ResNet-32's forward and backward are
+about 3% of the UNet's FLOPs. This script times, per sampler step (median over repeats, after a warm-up that holds
+compilation):
+
+- ``sample``: ``diffguide.api.sample`` as the study calls it (compiled UNet, bf16 autocast, DDPM with fixed_small):
+  unguided; EluCD ResNet-32 with Softplus β = 10 (the study's setting); the same with ReLU (no Softplus: isolates the
+  TorchFunctionMode that swaps the ReLUs);
+- ``gradient``: the guide's gradient alone on a random batch (forward + backward of the ResNet on x̂0): bf16 autocast
+  against fp32, Softplus against ReLU.
+
+    python benchmarks/guided_step.py --model PATH/cifar10-cond-17m-v0 --resnet PATH/cifar10-resnet32-d509ac18.th \
+        --out benchmarks/results/guided_step_h200.json
+    python benchmarks/guided_step.py --model ... --resnet ... --tiny --out /tmp/g.json   # a CPU check of the script
+
+Prints a table and writes JSON (atomically) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffguide.api import SampleSettings, load_guidance_classifier, sample
+from diffguide.guidance.classifier import SoftplusForReLU
+from diffguide.io import atomic_write_text
+
+ELUCD = dict(objective="baseline", objective_params={"tau1": 1.0, "tau2": 0.5}, schedule="sine",
+             schedule_params={"gamma": 0.3}, guidance_rule="elucd", classifier_scale=0.5)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_sample(name: str, settings: SampleSettings, *, repeats: int, device: torch.device) -> dict:
+    """Seconds per sampler step of one ``sample()`` call of one batch (the first call compiles; then ``repeats``)."""
+    sample(settings, device=str(device), progress=False)  # warm-up: compilation, loading
+    seconds = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        sample(settings, device=str(device), progress=False)
+        _sync(device)
+        seconds.append(time.perf_counter() - started)
+    steps = int(settings.steps)
+    return dict(section="sample", variant=name, batch=settings.num_samples, steps=steps,
+                ms_per_step=1000 * float(np.median(seconds)) / steps, seconds=[round(s, 4) for s in seconds])
+
+
+def bench_gradient(name: str, resnet: str, *, batch: int, bf16: bool, softplus_beta: float | None, repeats: int,
+                   device: torch.device) -> dict:
+    """Milliseconds of ∇_x Σ log_softmax(f(x))_y for one random batch x̂0 (forward + backward of the guide)."""
+    module, _ = load_guidance_classifier(resnet, device=device)
+    x = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1
+    y = torch.arange(batch, device=device) % 10
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    swap = SoftplusForReLU(softplus_beta) if softplus_beta is not None else contextlib.nullcontext()
+
+    def gradient():
+        x_in = x.detach().requires_grad_(True)
+        with autocast, swap:
+            logp = torch.log_softmax(module(x_in).float(), 1).gather(1, y[:, None]).sum()
+        return torch.autograd.grad(logp, x_in)[0]
+
+    gradient()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        gradient()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return dict(section="gradient", variant=name, batch=batch, ms=1000 * float(np.median(times)))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="the CIFAR-10 base model's release folder")
+    parser.add_argument("--resnet", type=Path, required=True, help="the CIFAR ResNet-32 .th file that guides")
+    parser.add_argument("--batch", type=int, default=2500, help="images per batch (the study's batch on a GPU)")
+    parser.add_argument("--steps", type=int, default=20, help="DDPM steps per timed sample() call")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (the median is reported)")
+    parser.add_argument("--tiny", action="store_true", help="batch 4, 2 steps, 1 repeat: a CPU check of the script")
+    parser.add_argument("--out", type=Path, required=True, help="JSON output path")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tiny:
+        args.batch, args.steps, args.repeats = 4, 2, 1
+    base = dict(model=str(args.model), num_samples=args.batch, batch_size=args.batch, seed=0, labels="uniform",
+                sampler="ddpm", steps=str(args.steps), bf16=device.type == "cuda", variance="fixed_small",
+                on_nonfinite="zero")
+    guided = dict(base, x0_classifier=f"cifar-resnet:{args.resnet}", **ELUCD)
+    rows = [bench_sample("unguided", SampleSettings(**base), repeats=args.repeats, device=device),
+            bench_sample("EluCD ResNet-32, Softplus β=10", SampleSettings(**guided, softplus_beta=10.0),
+                         repeats=args.repeats, device=device),
+            bench_sample("EluCD ResNet-32, ReLU", SampleSettings(**guided, softplus_beta=None),
+                         repeats=args.repeats, device=device)]
+    spec = f"cifar-resnet:{args.resnet}"
+    for bf16 in (True, False):
+        for beta in (10.0, None):
+            name = f"{'bf16' if bf16 else 'fp32'}, {'Softplus β=10' if beta else 'ReLU'}"
+            rows.append(bench_gradient(name, spec, batch=args.batch, bf16=bf16, softplus_beta=beta,
+                                       repeats=max(args.repeats, 5), device=device))
+    unguided = rows[0]["ms_per_step"]
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"batch {args.batch}")
+    print(f"{'section':<9} {'variant':<32} {'ms':>9} {'vs unguided':>12}")
+    for row in rows:
+        ms = row.get("ms_per_step", row.get("ms"))
+        ratio = f"{ms / unguided:.2f}x" if row["section"] == "sample" else ""
+        print(f"{row['section']:<9} {row['variant']:<32} {ms:>9.2f} {ratio:>12}")
+    result = {"benchmark": "guided_step", "device": str(device), "torch": torch.__version__,
+              "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "rows": rows}
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
