@@ -241,7 +241,8 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
     step_points = sorted({(u.params["sampler"], u.params["steps"]) for u in study.units
                           if u.kind == "sample" and u.params["group"] == "steps"}, key=lambda p: (p[0], p[1]))
     for label, scale in (("each arm's best w", None), (f"the common w = {ap.COMMON_W:g}", ap.COMMON_W)):
-        lines += [f"## FID vs steps at {label} (seeds 1–3, 10k samples)", "",
+        seeds = "seeds 1–3" if scale is not None else "seeds 1–3 at DDIM 10/20/50 (the claims' points), seed 1 elsewhere"
+        lines += [f"## FID vs steps at {label} ({seeds}, 10k samples)", "",
                   "| arm | " + " | ".join(f"{s} {n}" for s, n in step_points) + " |", "|---|" + "---|" * len(step_points)]
         for arm in ap.ARMS:
             lines.append(f"| {arm} | " + " | ".join(mean_std([value(r, "fid") for r in runs(
