@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["use_fast_path", "fast_module", "reused_fast_module", "file_identity", "fused_adamw", "cudnn_autotune"]
+__all__ = ["use_fast_path", "fast_module", "reused_fast_module", "kept", "file_identity", "fused_adamw",
+           "cudnn_autotune"]
 
-REUSED_MODULES = 4
-"""How many compiled networks :func:`reused_fast_module` keeps per process (least recently used go first)."""
-_reused: OrderedDict = OrderedDict()
+KEPT_PER_KIND = 4
+"""How many loaded objects :func:`kept` holds per kind per process (least recently used go first)."""
+_kept: dict[str, dict] = {}
 
 
 def use_fast_path(fast: bool | None, device: torch.device | str) -> bool:
@@ -55,20 +55,29 @@ def file_identity(path: str | os.PathLike) -> tuple:
     return (str(path), *((str(p.relative_to(path.parent)), p.stat().st_mtime_ns, p.stat().st_size) for p in files))
 
 
+def kept(kind: str, key: tuple, load: Callable):
+    """``load()`` memoised on (``kind``, ``key``) in this process, at most :data:`KEPT_PER_KIND` per kind, the least
+    recently used going first. Key it on what identifies the files loaded (:func:`file_identity`) and the device, so
+    a file changed on disk is loaded afresh."""
+    store = _kept.setdefault(kind, {})
+    value = store.pop(key) if key in store else load()
+    store[key] = value  # insertion order = use order: the most recent last
+    while len(store) > KEPT_PER_KIND:
+        del store[next(iter(store))]
+    return value
+
+
 def reused_fast_module(key: tuple, load: Callable[[], tuple], *, mode: str | None = None) -> tuple:
     """``load()`` → (module, *rest) with the module made fast (:func:`fast_module`), memoised on ``key`` in this
-    process: a later call with the same key returns the same compiled module, whose graphs serve every shape it has
-    already seen, so a second ``sample()`` of one model compiles nothing (a study of many runs paid ~45 s per run).
-    Key it on what identifies the weights (e.g. :func:`file_identity` of their file) and the device."""
-    if key in _reused:
-        _reused.move_to_end(key)
-        return _reused[key]
-    module, *rest = load()
-    value = (fast_module(module, fast=True, mode=mode), *rest)
-    _reused[key] = value
-    while len(_reused) > REUSED_MODULES:
-        _reused.popitem(last=False)
-    return value
+    process (:func:`kept`): a later call with the same key returns the same compiled module, whose graphs serve every
+    shape it has already seen, so a second ``sample()`` of one model compiles nothing (a study of many runs paid ~45 s
+    per run). Key it on what identifies the weights (e.g. :func:`file_identity` of their file) and the device."""
+
+    def compiled():
+        module, *rest = load()
+        return (fast_module(module, fast=True, mode=mode), *rest)
+
+    return kept("fast_module", key, compiled)
 
 
 def fused_adamw(params, *, fast: bool, **kwargs) -> torch.optim.AdamW:

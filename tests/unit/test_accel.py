@@ -97,7 +97,7 @@ def test_a_second_sample_of_the_same_model_reuses_the_compiled_network(tmp_path,
         return module
 
     monkeypatch.setattr(torch, "compile", record)
-    monkeypatch.setattr(accel, "_reused", type(accel._reused)())
+    monkeypatch.setattr(accel, "_kept", {})
     torch.manual_seed(0)
     net = UNetModel(**TINY).eval()
     save_network(net, tmp_path / "model", schedule="linear", learn_sigma=True)

@@ -163,7 +163,7 @@ def test_tiny_pipeline_runs_every_unit(tiny_run):
 
 def test_scoring_with_the_kept_assets_gives_the_numbers_of_a_fresh_load(tiny_run):
     """The units of one process share the Inception network, the reference (and its k-NN radii) and the judge
-    (scoring.kept); scoring a unit's samples again with everything loaded afresh gives exactly its recorded metrics
+    (accel.kept); scoring a unit's samples again with everything loaded afresh gives exactly its recorded metrics
     and judge accuracy (the same arithmetic on the same inputs; the JSON keeps floats exactly)."""
     from diffguide.metrics import InceptionFeatures, Reference, evaluate_features
     from diffguide.studies.cifar10.assets import load_judge
@@ -189,11 +189,11 @@ def test_scoring_with_the_kept_assets_gives_the_numbers_of_a_fresh_load(tiny_run
 
 
 def test_kept_assets_load_once_per_key_and_drop_the_least_recently_used(tmp_path):
+    from diffguide import accel
     from diffguide.accel import file_identity
-    from diffguide.studies.cifar10 import scoring
 
     loads = []
-    kept = lambda key: scoring.kept("test-kind", key, lambda: loads.append(key) or object())  # noqa: E731
+    kept = lambda key: accel.kept("test-kind", key, lambda: loads.append(key) or object())  # noqa: E731
     first = kept(("a",))
     assert kept(("a",)) is first and loads == [("a",)]
     for name in "bcde":  # 4 more keys: "a" (the least recently used) is dropped
@@ -206,7 +206,7 @@ def test_kept_assets_load_once_per_key_and_drop_the_least_recently_used(tmp_path
     before = file_identity(path)
     path.write_bytes(b"22")  # rewritten on disk: another key, loaded afresh
     assert file_identity(path) != before
-    scoring._kept_assets.pop("test-kind")
+    accel._kept.pop("test-kind")
 
 
 def test_second_run_skips_and_partial_unit_resumes(tiny_run):

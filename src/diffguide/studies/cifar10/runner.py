@@ -204,7 +204,7 @@ def environment(study: Study) -> dict:
 def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> dict:
     """Sample a unit, then score it (:func:`.scoring.score`): Inception features, FID/KID/PRDC on the study's
     device, the judge's (and an off-the-shelf guide's) accuracy. The record's ``timing`` gives each stage's seconds;
-    loading the scoring networks counts in the first unit of a process only (:func:`.scoring.kept`)."""
+    loading the scoring networks counts in the first unit of a process only (:func:`diffguide.accel.kept`)."""
     from ...api import sample
     from .scoring import score
 

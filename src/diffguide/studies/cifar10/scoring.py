@@ -1,6 +1,7 @@
 """Scoring one sampling unit of a CIFAR-10 study: Inception features, FID / KID / PRDC against the reference, and
 the accuracy of the judge (and of an off-the-shelf guide) on the samples. The networks and the reference are loaded
-once per process (:func:`kept`): a study scores hundreds of units against the same ones."""
+once per process (:func:`diffguide.accel.kept`): a study scores hundreds of units against the same ones, which each
+unit used to load again."""
 
 from __future__ import annotations
 
@@ -10,30 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...accel import file_identity, kept
 from .runner import Study
-
-KEPT_PER_KIND = 4
-"""How many loaded scoring assets :func:`kept` holds per kind (Inception networks, references, judges) per process."""
-_kept_assets: dict[str, dict] = {}
-
-
-def kept(kind: str, key: tuple, load):
-    """``load()`` memoised on (``kind``, ``key``) in this process, the least recently used going first beyond
-    :data:`KEPT_PER_KIND`: a study runs hundreds of units in one process against the same Inception network, reference
-    and judges, which each unit used to load again. Key on :func:`~diffguide.accel.file_identity` of the files and
-    the device, so a file changed on disk is loaded afresh."""
-    store = _kept_assets.setdefault(kind, {})
-    value = store.pop(key) if key in store else load()
-    store[key] = value  # insertion order = use order: the most recent last
-    while len(store) > KEPT_PER_KIND:
-        del store[next(iter(store))]
-    return value
-
 
 def scoring_assets(study: Study, cache: Path, device):
     """(Inception feature extractor, reference) of ``study``, loaded once per process and device; a ValueError if
     the reference was computed with another feature network."""
-    from ...accel import file_identity
     from ...metrics import InceptionFeatures, Reference
 
     inception, reference_file = study.assets["inception"], cache / "reference.npz"
@@ -46,7 +29,6 @@ def scoring_assets(study: Study, cache: Path, device):
 
 def judge(spec: str, device):
     """The classifier ``spec`` names (:func:`~.assets.load_judge`), loaded once per process and device."""
-    from ...accel import file_identity
     from .assets import load_judge
 
     weights = file_identity(spec.partition(":")[2]) if spec.startswith("cifar-resnet:") else None  # random: a seed
