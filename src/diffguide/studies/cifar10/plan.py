@@ -63,10 +63,14 @@ class Unit:
     est_s: float = 0.0
 
 
+def step_seconds(*, cfg: bool, guided: bool) -> float:
+    """Estimated H200 seconds per image and compiled sampler step (see the module docstring)."""
+    return CFG_STEP_S * (1.0 if cfg else 0.5) * (GUIDED_FACTOR if guided else 1.0)
+
+
 def sampling_seconds(num_samples: int, steps: int, *, cfg: bool, guided: bool) -> float:
     """Estimated H200 seconds of one sampling run + its scoring (see the module docstring)."""
-    per_step = CFG_STEP_S * (1.0 if cfg else 0.5) * (GUIDED_FACTOR if guided else 1.0)
-    return num_samples * steps * per_step + SCORING_S
+    return num_samples * steps * step_seconds(cfg=cfg, guided=guided) + SCORING_S
 
 
 def training_seconds(steps: int, batch_size: int = 128) -> float:
@@ -100,8 +104,7 @@ def extension_scales(grid, extensions: int) -> list[tuple[int, float]]:
 
 def probe_seconds(num_samples: int, steps: int, *, cfg: bool, guided: bool) -> float:
     """Estimated H200 seconds of an eager diagnostic sampling run (no Inception features, see the docstring)."""
-    per_step = CFG_STEP_S * (1.0 if cfg else 0.5) * (GUIDED_FACTOR if guided else 1.0)
-    return LOAD_S + EAGER_FACTOR * num_samples * steps * per_step
+    return LOAD_S + EAGER_FACTOR * num_samples * steps * step_seconds(cfg=cfg, guided=guided)
 
 
 def trajectory_unit(*, sampler: str, steps: int, seed: int, num_samples: int) -> Unit:
