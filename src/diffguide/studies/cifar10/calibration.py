@@ -25,7 +25,7 @@ from ...calibration.metrics import ReliabilityBins
 from ...io import atomic_write_text
 from .guidance_plan import ISSUE_SOFTPLUS_BETA, SOFTPLUS_BETA
 from .plan import Unit
-from .runner import Study, environment, result_path, trajectory_path
+from .runner import Study, environment, guide_source, result_path, trajectory_path
 
 __all__ = ["AtTimestep", "guide_module", "image_batches", "trajectory_calibration", "clean_calibration",
            "run_calibration", "SOFTPLUS_BETA"]
@@ -51,8 +51,7 @@ def guide_module(study: Study, guide: str, cache: Path, device=None) -> tuple[nn
     from ...api import load_guidance_classifier
     from ...devices import resolve_device
 
-    spec = str(cache / "train" / guide / "model") if guide.startswith("clf_") else study.assets["guides"][guide][1]
-    module, on = load_guidance_classifier(spec, device=resolve_device(device))
+    module, on = load_guidance_classifier(guide_source(study, guide, cache)[1], device=resolve_device(device))
     return module.eval(), on
 
 

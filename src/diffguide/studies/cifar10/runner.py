@@ -167,6 +167,14 @@ def resolve(study: Study, unit: Unit, results: dict):
     return spec, scale, extra
 
 
+def guide_source(study: Study, guide: str, cache: Path) -> tuple[str, str]:
+    """('x0' or 'x_t', the spec to load) of a guiding classifier: a noise-aware one trained by the study (``clf_*``,
+    its release folder in the cache) or one of the assets' guides."""
+    if guide.startswith("clf_"):
+        return "x_t", str(cache / "train" / guide / "model")
+    return study.assets["guides"][guide]
+
+
 def build_settings(study: Study, unit: Unit, spec: dict, scale, extra: dict, cache: Path):
     from ...api import SampleSettings
 
@@ -177,7 +185,7 @@ def build_settings(study: Study, unit: Unit, spec: dict, scale, extra: dict, cac
               "on_nonfinite": "zero", "variance": sampling_variance(p["sampler"])}
     guide = spec.get("guide")
     if guide is not None:
-        on, path = ("x_t", str(cache / "train" / guide / "model")) if guide.startswith("clf_") else a["guides"][guide]
+        on, path = guide_source(study, guide, cache)
         fields["x0_classifier" if on == "x0" else "classifier"] = path
         if on == "x0":
             fields["softplus_beta"] = spec["softplus_beta"]
@@ -225,10 +233,9 @@ def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results
     if samples is not None:
         record["nonfinite_zeroed"] = int(samples.nonfinite_zeroed)
         record["diverged_share"] = samples.nonfinite_zeroed / len(samples.images)
-        guide = spec.get("guide")
-        off_the_shelf = guide is not None and not guide.startswith("clf_") and study.assets["guides"][guide][0] == "x0"
+        on, path = guide_source(study, spec["guide"], cache) if spec.get("guide") is not None else (None, None)
         scored = score(study, cache, device, samples.images, samples.labels, seed=unit.params["seed"],
-                       guide=study.assets["guides"][guide][1] if off_the_shelf else None)
+                       guide=path if on == "x0" else None)
         record.update(scored, timing={**record["timing"], **scored["timing"]})
     record["seconds"] = time.perf_counter() - start
     atomic_write_text(result_path(results_dir, unit), json.dumps(record, indent=2, default=str) + "\n")
@@ -329,22 +336,24 @@ def _run_diagnostic(study: Study, unit: Unit, cache: Path, results_dir: Path, re
     run(study, unit, cache, results_dir, results)
 
 
+def unit_state(study: Study, unit: Unit, cache: Path, results: dict) -> str:
+    """'done'; 'not needed' (an edge point of a grid settled without it); 'blocked' (a unit it needs is unfinished);
+    'waiting' (for seed-0 grid results); or 'ready'."""
+    if is_done(study, unit, cache, results):
+        return "done"
+    if needed(study, unit, results) is False:
+        return "not needed"
+    if any(not is_done(study, study.unit(n), cache, results) for n in unit.needs):
+        return "blocked"
+    return "waiting" if waiting(study, unit, results) else "ready"
+
+
 def status(study: Study, cache_dir, results_dir) -> dict:
-    """{'done', 'ready', 'blocked', 'waiting', 'not needed'}: unit ids in plan order (blocked: a unit it needs is
-    unfinished; waiting: needs seed-0 grid results first; not needed: an edge point of a grid settled without it)."""
+    """{'done', 'ready', 'blocked', 'waiting', 'not needed'}: unit ids in plan order, by :func:`unit_state`."""
     cache, results = Path(cache_dir).expanduser() / study.name, load_results(results_dir)
     out = {"done": [], "ready": [], "blocked": [], "waiting": [], "not needed": []}
     for unit in study.units:
-        if is_done(study, unit, cache, results):
-            out["done"].append(unit.id)
-        elif needed(study, unit, results) is False:
-            out["not needed"].append(unit.id)
-        elif any(not is_done(study, study.unit(n), cache, results) for n in unit.needs):
-            out["blocked"].append(unit.id)
-        elif waiting(study, unit, results):
-            out["waiting"].append(unit.id)
-        else:
-            out["ready"].append(unit.id)
+        out[unit_state(study, unit, cache, results)].append(unit.id)
     return out
 
 
@@ -375,14 +384,9 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
     results_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + budget_s
     ran, finished = [], []
+    results = load_results(results_dir)
     for unit in study.units:
-        if not selected(unit, only):
-            continue
-        results = load_results(results_dir)
-        if is_done(study, unit, cache, results) or any(not is_done(study, study.unit(n), cache, results)
-                                                       for n in unit.needs):
-            continue
-        if needed(study, unit, results) is False or waiting(study, unit, results):
+        if not selected(unit, only) or unit_state(study, unit, cache, results) != "ready":
             continue
         remaining = deadline - time.monotonic()
         estimate = 0.0 if study.tiny else unit.est_s
@@ -400,7 +404,8 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
         elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
             break
         finished.append(unit.id)
+        results = load_results(results_dir)  # what the unit wrote decides what is ready next
     print(describe(study, cache_dir, results_dir))
     results = load_results(results_dir)
-    left = sum(not is_done(study, u, cache, results) and needed(study, u, results) is not False for u in study.units)
+    left = sum(unit_state(study, u, cache, results) not in ("done", "not needed") for u in study.units)
     return {"ran": ran, "finished": finished, "left": left}
