@@ -61,11 +61,15 @@ def methods() -> dict[str, dict]:
             for arm in ARMS}
 
 
+def control_w(w: float, arm: str) -> float:
+    """The standard model's w of an aligned arm's point at w: w_eff = (w − w_train)/(1 + w_train), rounded to 6
+    decimals (the scale of its control unit)."""
+    return round(effective_guidance(w, w_train(arm)), 6)
+
+
 def control_scales(w_grid=W_GRID, arms=None) -> list[float]:
-    """w_eff of every aligned point (of ``arms``; None: every arm), rounded to 6 decimals (distinct values,
-    sorted)."""
-    return sorted({round(effective_guidance(w, w_train(arm)), 6) for arm in (arms or ARMS)
-                   if w_train(arm) is not None for w in w_grid})
+    """w_eff (:func:`control_w`) of every aligned point (of ``arms``; None: every arm), distinct values, sorted."""
+    return sorted({control_w(w, arm) for arm in (arms or ARMS) if w_train(arm) is not None for w in w_grid})
 
 
 def train_units(steps_scale: float = 1.0) -> list[Unit]:

@@ -15,7 +15,7 @@ import numpy as np
 from ...io import atomic_write
 from ..report import figure
 from . import aligned_plan, guidance_plan
-from .report import control_w, unit_records
+from .report import unit_records
 from .report_diagnostics import image_link
 from .runner import Study, chosen_scale, grid_scales
 
@@ -69,8 +69,9 @@ def control_points(study: Study, results: dict, arm: str) -> tuple[dict, list]:
         return {}, []
     standard, missing = seed0_curve(study, results, "standard", "wcurve")
     grid = study.methods[arm]["grid"]
-    return ({w: standard[control_w(w, arm)]["fid"] for w in grid if control_w(w, arm) in standard},
-            [w for w in grid if control_w(w, arm) in missing])
+    effective = {w: aligned_plan.control_w(w, arm) for w in grid}
+    return ({w: standard[e]["fid"] for w, e in effective.items() if e in standard},
+            [w for w, e in effective.items() if e in missing])
 
 
 def seed_summary(values: dict) -> dict:
