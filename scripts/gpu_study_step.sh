@@ -17,7 +17,8 @@ step=${1:?"step: run, export, import, receive or results"}; study=${2:?"STUDY: c
 case "$study" in cifar10_guidance|cifar10_cfg_aligned) ;; *) echo "STUDY: unknown study '$study'" >&2; exit 2 ;; esac
 case "$step" in
   run)
-    mkdir -p "$RESULTS"
+    mkdir -p "$RESULTS/$study"  # a fresh machine starts from the committed JSONs, so finished units are skipped
+    for f in "docs/results/$study"/*.json; do [ -e "$RESULTS/$study/$(basename "$f")" ] || cp "$f" "$RESULTS/$study/"; done
     python "scripts/${study}_study.py" --shared "$STAGE" --model "$STAGE/cifar10-cond-17m-v0" \
       --data "$STAGE/cifar10-jpeg-q75.tar.gz" --inception "$STAGE/inception-2015-12-05-fid-features.pt" \
       --classifiers "$STAGE/classifiers" --cache "$CACHE" --results "$RESULTS/$study" --report "$RESULTS/$study.md" \
