@@ -127,7 +127,8 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
             if guide is not None:
                 on, module = guide
                 # ADM's condition_mean for ADM-G (the computation guided-diffusion runs); the score shift on x̂0
-                guidance = Guidance(classifier=ClassifierGuidance(module, on=on, scale=1.0),
+                # on the fast path the guide is compiled too, as diffguide.api.sample does
+                guidance = Guidance(classifier=ClassifierGuidance(fast_module(module, fast=fast), on=on, scale=1.0),
                                     rule="mean" if on == "x_t" else "score")
             noise = SeededNoise(0, range(batch), (3, 128, 128), device=device)
             labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0)).to(device)

@@ -6,10 +6,15 @@ about 3% of the UNet's FLOPs. This script times, per sampler step (median over r
 compilation):
 
 - ``sample``: ``diffguide.api.sample`` as the study calls it (compiled UNet, bf16 autocast, DDPM with fixed_small):
-  unguided; EluCD ResNet-32 with Softplus β = 10 (the study's setting); the same with ReLU (no Softplus: isolates the
-  TorchFunctionMode that swaps the ReLUs);
-- ``gradient``: the guide's gradient alone on a random batch (forward + backward of the ResNet on x̂0): bf16 autocast
-  against fp32, Softplus against ReLU.
+  unguided; EluCD ResNet-32 with Softplus β = 10 (the study's setting) with the guide eager (as before the guide was
+  compiled) and compiled (the default on a GPU); the same with ReLU;
+- ``gradient``: the guide's gradient alone on a random batch (forward + backward of the ResNet on x̂0), eager and
+  compiled: bf16 autocast against fp32, Softplus against ReLU;
+- ``check``: the compiled guide's fp32 gradient against the eager one at β = 10, 3 and ReLU (bound 1e-4 relative,
+  derived in tests/unit/test_accel.py).
+
+The first H200 run (2026-12-01, before the guide was compiled; ``benchmarks/results/guided_step_eager_guide_h200.json``) found
+the eager guide's gradient alone (36.7 ms) to be nearly all of the 41.9 ms an x̂0-guided step adds at batch 2,500.
 
     python benchmarks/guided_step.py --model PATH/cifar10-cond-17m-v0 --resnet PATH/cifar10-resnet32-d509ac18.th \
         --out benchmarks/results/guided_step_h200.json
@@ -29,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import diffguide.api as api
+from diffguide.accel import fast_module
 from diffguide.api import SampleSettings, load_guidance_classifier, sample
 from diffguide.guidance.classifier import SoftplusForReLU
 from diffguide.io import atomic_write_text
@@ -57,21 +64,37 @@ def bench_sample(name: str, settings: SampleSettings, *, repeats: int, device: t
                 ms_per_step=1000 * float(np.median(seconds)) / steps, seconds=[round(s, 4) for s in seconds])
 
 
-def bench_gradient(name: str, resnet: str, *, batch: int, bf16: bool, softplus_beta: float | None, repeats: int,
-                   device: torch.device) -> dict:
-    """Milliseconds of ∇_x Σ log_softmax(f(x))_y for one random batch x̂0 (forward + backward of the guide)."""
-    module, _ = load_guidance_classifier(resnet, device=device)
-    x = torch.rand(batch, 3, 32, 32, device=device) * 2 - 1
+@contextlib.contextmanager
+def eager_guide():
+    """``sample()`` with its guide eager (the network still compiled): the path before the guide was compiled."""
+    original = api._guide_module
+    api._guide_module = lambda settings, device, fast: original(settings, device, False)
+    try:
+        yield
+    finally:
+        api._guide_module = original
+
+
+def guide_gradient(module, *, batch: int, bf16: bool, softplus_beta: float | None, device: torch.device):
+    """A function computing ∇_x Σ log_softmax(f(x))_y for one fixed random batch x̂0 (forward + backward)."""
+    x = torch.rand(batch, 3, 32, 32, device=device, generator=torch.Generator(device).manual_seed(0)) * 2 - 1
     y = torch.arange(batch, device=device) % 10
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    swap = SoftplusForReLU(softplus_beta) if softplus_beta is not None else contextlib.nullcontext()
 
     def gradient():
         x_in = x.detach().requires_grad_(True)
+        swap = SoftplusForReLU(softplus_beta) if softplus_beta is not None else contextlib.nullcontext()
         with autocast, swap:
             logp = torch.log_softmax(module(x_in).float(), 1).gather(1, y[:, None]).sum()
         return torch.autograd.grad(logp, x_in)[0]
 
+    return gradient
+
+
+def bench_gradient(name: str, module, *, batch: int, bf16: bool, softplus_beta: float | None, repeats: int,
+                   device: torch.device) -> dict:
+    """Milliseconds of one guide gradient (:func:`guide_gradient`), median of ``repeats`` after a warm-up call."""
+    gradient = guide_gradient(module, batch=batch, bf16=bf16, softplus_beta=softplus_beta, device=device)
     gradient()
     times = []
     for _ in range(repeats):
@@ -100,25 +123,38 @@ def main(argv=None) -> dict:
                 sampler="ddpm", steps=str(args.steps), bf16=device.type == "cuda", variance="fixed_small",
                 on_nonfinite="zero")
     guided = dict(base, x0_classifier=f"cifar-resnet:{args.resnet}", **ELUCD)
-    rows = [bench_sample("unguided", SampleSettings(**base), repeats=args.repeats, device=device),
-            bench_sample("EluCD ResNet-32, Softplus β=10", SampleSettings(**guided, softplus_beta=10.0),
-                         repeats=args.repeats, device=device),
-            bench_sample("EluCD ResNet-32, ReLU", SampleSettings(**guided, softplus_beta=None),
-                         repeats=args.repeats, device=device)]
-    spec = f"cifar-resnet:{args.resnet}"
-    for bf16 in (True, False):
-        for beta in (10.0, None):
-            name = f"{'bf16' if bf16 else 'fp32'}, {'Softplus β=10' if beta else 'ReLU'}"
-            rows.append(bench_gradient(name, spec, batch=args.batch, bf16=bf16, softplus_beta=beta,
-                                       repeats=max(args.repeats, 5), device=device))
+    rows = [bench_sample("unguided", SampleSettings(**base), repeats=args.repeats, device=device)]
+    with eager_guide():
+        rows.append(bench_sample("EluCD ResNet-32 β=10, guide eager", SampleSettings(**guided, softplus_beta=10.0),
+                                 repeats=args.repeats, device=device))
+    rows += [bench_sample("EluCD ResNet-32 β=10 (default)", SampleSettings(**guided, softplus_beta=10.0),
+                          repeats=args.repeats, device=device),
+             bench_sample("EluCD ResNet-32, ReLU (default)", SampleSettings(**guided, softplus_beta=None),
+                          repeats=args.repeats, device=device)]
+    eager, _ = load_guidance_classifier(f"cifar-resnet:{args.resnet}", device=device)
+    compiled = fast_module(eager, fast=device.type == "cuda")
+    for module_name, module in (("eager", eager), ("compiled", compiled)):
+        for bf16 in (True, False):
+            for beta in (10.0, None):
+                name = f"{module_name}, {'bf16' if bf16 else 'fp32'}, {'Softplus β=10' if beta else 'ReLU'}"
+                rows.append(bench_gradient(name, module, batch=args.batch, bf16=bf16, softplus_beta=beta,
+                                           repeats=max(args.repeats, 5), device=device))
+    for beta in (10.0, 3.0, None):  # the compiled guide computes the eager gradient (fp32; tests/unit/test_accel.py)
+        a, b = (guide_gradient(m, batch=args.batch, bf16=False, softplus_beta=beta, device=device)()
+                for m in (compiled, eager))
+        rows.append(dict(section="check", variant=f"compiled vs eager, fp32, β={beta}", batch=args.batch,
+                         relative_error=float((a - b).abs().max() / b.abs().max())))
     unguided = rows[0]["ms_per_step"]
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"batch {args.batch}")
-    print(f"{'section':<9} {'variant':<32} {'ms':>9} {'vs unguided':>12}")
+    print(f"{'section':<9} {'variant':<38} {'ms':>9} {'vs unguided':>12}")
     for row in rows:
+        if row["section"] == "check":
+            print(f"{row['section']:<9} {row['variant']:<38} {row['relative_error']:>9.2g} relative (bound 1e-4)")
+            continue
         ms = row.get("ms_per_step", row.get("ms"))
         ratio = f"{ms / unguided:.2f}x" if row["section"] == "sample" else ""
-        print(f"{row['section']:<9} {row['variant']:<32} {ms:>9.2f} {ratio:>12}")
+        print(f"{row['section']:<9} {row['variant']:<38} {ms:>9.2f} {ratio:>12}")
     result = {"benchmark": "guided_step", "device": str(device), "torch": torch.__version__,
               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "rows": rows}
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")

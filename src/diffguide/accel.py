@@ -67,17 +67,20 @@ def kept(kind: str, key: tuple, load: Callable):
     return value
 
 
-def reused_fast_module(key: tuple, load: Callable[[], tuple], *, mode: str | None = None) -> tuple:
+def reused_fast_module(key: tuple, load: Callable[[], tuple], *, mode: str | None = None,
+                       kind: str = "fast_module") -> tuple:
     """``load()`` → (module, *rest) with the module made fast (:func:`fast_module`), memoised on ``key`` in this
     process (:func:`kept`): a later call with the same key returns the same compiled module, whose graphs serve every
     shape it has already seen, so a second ``sample()`` of one model compiles nothing (a study of many runs paid ~45 s
-    per run). Key it on what identifies the weights (e.g. :func:`file_identity` of their file) and the device."""
+    per run). Key it on what identifies the weights (e.g. :func:`file_identity` of their file) and the device.
+    ``kind``: the :func:`kept` store (diffusion networks and guidance classifiers keep their own, so a study with many
+    guides never evicts its diffusion network)."""
 
     def compiled():
         module, *rest = load()
         return (fast_module(module, fast=True, mode=mode), *rest)
 
-    return kept("fast_module", key, compiled)
+    return kept(kind, key, compiled)
 
 
 def fused_adamw(params, *, fast: bool, **kwargs) -> torch.optim.AdamW:

@@ -140,24 +140,45 @@ def load_guidance_classifier(spec: str, preset: str | None = None, device="cpu")
     return net, "x_t"
 
 
-def _guidance(settings: SampleSettings, device, null_label: int | None = None) -> Guidance:
+def _guide_identity(spec: str) -> tuple:
+    """What says a guidance classifier spec still names the same weights: the spec and its file's identity."""
+    path = spec.split(":", 1)[1] if spec.startswith("cifar-resnet:") else None if spec.startswith("torchvision:") else spec
+    return (spec, *(file_identity(path) if path is not None else ()))
+
+
+def _guide_module(settings: SampleSettings, device, fast: bool) -> tuple[nn.Module, str]:
+    """(classifier module, 'x_t' or 'x0') of the settings' guide, its preprocessing as the settings ask; on the fast
+    path compiled once per process and weights (:func:`~diffguide.accel.reused_fast_module`): the guide's forward and
+    backward are a third of an x̂0-guided step's time at the CIFAR study's batch when eager (docs/performance.md)."""
+    spec = settings.classifier or settings.x0_classifier
+
+    def load():
+        module, on = load_guidance_classifier(spec, settings.classifier_preset, device)
+        if settings.classifier and on != "x_t":
+            raise ValueError(f"classifier: {spec!r} is an off-the-shelf classifier; pass it as --x0-classifier")
+        if on == "x0" and settings.x0_preprocess == "raw":
+            from .classifiers import ImageClassifier, Preprocess
+
+            if not isinstance(module, ImageClassifier):
+                raise ValueError(f"x0_preprocess: {spec!r} has no preprocessing to drop")
+            module.preprocess = Preprocess(input_range=(-1.0, 1.0), classifier_range=(-1.0, 1.0))  # the identity
+        return module, on
+
+    if not fast:
+        return load()
+    key = (*_guide_identity(spec), settings.classifier_preset, settings.x0_preprocess, str(device))
+    return reused_fast_module(key, load, kind="fast_guide")
+
+
+def _guidance(settings: SampleSettings, device, null_label: int | None = None, fast: bool = False) -> Guidance:
     cfg = None
     schedule = make_schedule(settings.schedule, **settings.schedule_params)  # one strength schedule for CFG and CG
     if settings.cfg_w is not None or settings.cfg_scale is not None:
         cfg = ClassifierFree(w=settings.cfg_w, guidance_scale=settings.cfg_scale, schedule=schedule,
                              null_label=null_label)
-    spec = settings.classifier or settings.x0_classifier
-    if spec is None:
+    if settings.classifier is None and settings.x0_classifier is None:
         return Guidance(cfg=cfg)
-    module, on = load_guidance_classifier(spec, settings.classifier_preset, device)
-    if settings.classifier and on != "x_t":
-        raise ValueError(f"classifier: {spec!r} is an off-the-shelf classifier; pass it as --x0-classifier")
-    if on == "x0" and settings.x0_preprocess == "raw":
-        from .classifiers import ImageClassifier, Preprocess
-
-        if not isinstance(module, ImageClassifier):
-            raise ValueError(f"x0_preprocess: {spec!r} has no preprocessing to drop")
-        module.preprocess = Preprocess(input_range=(-1.0, 1.0), classifier_range=(-1.0, 1.0))  # the identity
+    module, on = _guide_module(settings, device, fast)
     objective = make_objective(settings.objective or ("log_softmax" if on == "x_t" else "baseline"),
                                **settings.objective_params)
     classifier = ClassifierGuidance(module, on=on, objective=objective, scale=float(settings.classifier_scale),
@@ -187,12 +208,13 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
         raise TypeError("sample: pass a SampleSettings or its fields as keyword arguments (one of the two)")
     s = settings or SampleSettings(**fields)
     dev = resolve_device(device)
-    if use_fast_path(fast, dev):  # compiled once per process and model (its graphs are reused by later calls)
+    fast = use_fast_path(fast, dev)
+    if fast:  # compiled once per process and model (its graphs are reused by later calls)
         net, config = reused_fast_module((file_identity(s.model), s.preset, str(dev)),
                                          lambda: load_diffusion(s.model, s.preset, device=dev))
     else:
         net, config = load_diffusion(s.model, s.preset, device=dev)
-    guidance = _guidance(s, dev, config.null_label)  # the checkpoint's ∅: one batched [c, ∅] forward
+    guidance = _guidance(s, dev, config.null_label, fast)  # the checkpoint's ∅: one batched [c, ∅] forward
     if guidance.cfg is not None:
         _check_cfg_capable(net, config)
     clip_x0 = config.clip_x0 if s.clip_x0 is None else s.clip_x0

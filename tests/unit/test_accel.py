@@ -112,3 +112,75 @@ def test_a_second_sample_of_the_same_model_reuses_the_compiled_network(tmp_path,
     assert len(compiled) == 2 and compiled[1] is not compiled[0] and not (third.images == first.images).all()
     with pytest.raises(FileNotFoundError, match="model: .* is neither"):  # the loader's own error, not a stat's
         sample(**{**settings, "model": str(tmp_path / "missing")})
+
+
+def test_compiled_guide_gradient_equals_eager_for_each_relu_smoothing():
+    """The x̂0 guide compiled (as ``api.sample`` runs it on the fast path) gives the eager gradient with ReLU, with
+    Softplus β = 10 and with β = 3, one compiled module serving all three (the ReLU → Softplus swap is a
+    TorchFunctionMode entered outside the compiled call: the compiler must trace it and guard on β, or the β = 3 run
+    would silently reuse the β = 10 graph).
+
+    Bound: as for the UNet, inductor fuses batch norm and Softplus and re-orders only reductions; the largest here is
+    the head's mean over 8·8 = 64 positions and its 64-input linear layer, and its backward's sums over the 10
+    classes and 16–64 channels: sqrt(64)·u ≈ 5e-7 each, about 10 layers deep → ≈ 5e-6 relative. We allow 1e-4, the
+    UNet's bound; one batch-norm scale changed by 1% (a real change of the function) moves the gradient far above it
+    (asserted)."""
+    from diffguide.classifiers import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, Preprocess
+    from diffguide.guidance import ClassifierGuidance
+    from diffguide.guidance.step import GuidanceStep
+    from diffguide.nets.cifar_resnet import CifarResNet
+
+    torch.manual_seed(0)
+    guide = ImageClassifier(CifarResNet(8), Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD), num_classes=10)
+    for module in guide.modules():  # trained-like batch norm: statistics and scales away from the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1), module.running_var.uniform_(0.5, 2), module.weight.data.uniform_(0.5, 2)
+    compiled = fast_module(guide, fast=True)
+    x0 = torch.rand(6, 3, 32, 32) * 2 - 1
+    step = GuidanceStep(i=5, num_steps=10, num_train_timesteps=1000, t=torch.full((6,), 500), x_t=x0,
+                        prediction=type("P", (), {"x0": x0})(), labels=torch.tensor([0, 3, 9, 1, 1, 7]))
+    grads = {}
+    for beta in (None, 10.0, 3.0):
+        eager = ClassifierGuidance(guide, on="x0", softplus_beta=beta).gradient(step)
+        fast = ClassifierGuidance(compiled, on="x0", softplus_beta=beta).gradient(step)
+        error = relative_error(fast, eager)
+        assert error < BOUND, (beta, error)
+        print(f"softplus_beta={beta}: compiled vs eager gradient {error:.3g} relative")
+        grads[beta] = eager
+    assert relative_error(grads[3.0], grads[10.0]) > 10 * BOUND  # the three smoothings are different functions
+    guide.module.bn1.weight.data[0] *= 1.01
+    assert relative_error(ClassifierGuidance(compiled, on="x0", softplus_beta=10.0).gradient(step),
+                          grads[10.0]) > 10 * BOUND
+
+
+def test_sample_compiles_the_guide_once_per_process_and_preprocessing(tmp_path, monkeypatch):
+    """api.sample on the fast path compiles the guidance classifier with the network, once per process and weights:
+    a second run with the same guide loads and compiles nothing; ``x0_preprocess='raw'`` (which changes the loaded
+    module) gets its own copy, so the first run's cached guide keeps its preprocessing. torch.compile is a recorder."""
+    import diffguide.accel as accel
+    import diffguide.api as api
+    from diffguide.checkpoints import save_network
+    from diffguide.classifiers import ImageClassifier, Preprocess
+
+    compiled, loads = [], []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compiled.append(module) or module)
+    monkeypatch.setattr(accel, "_kept", {})
+    torch.manual_seed(0)
+    guide_net = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+
+    def load(spec, preset, device):
+        loads.append(spec)
+        return ImageClassifier(guide_net, Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2)), num_classes=10), "x0"
+
+    monkeypatch.setattr(api, "load_guidance_classifier", load)
+    save_network(UNetModel(**TINY).eval(), tmp_path / "model", schedule="linear", learn_sigma=True)
+    settings = dict(model=str(tmp_path / "model"), num_samples=2, batch_size=2, sampler="ddim", steps="ddim2",
+                    labels="balanced", progress=False, fast=True, device="cpu", x0_classifier="cifar-resnet:g.th",
+                    classifier_scale=1.0, softplus_beta=None)
+    first, second = api.sample(**settings), api.sample(**settings)
+    assert len(loads) == 1 and len(compiled) == 2 and (first.images == second.images).all()  # UNet + guide, once
+    api.sample(**settings, x0_preprocess="raw")
+    assert len(loads) == 2 and len(compiled) == 3
+    assert len(accel._kept["fast_module"]) == 1  # the network, in its own store
+    preprocesses = [module.preprocess for module, _ in accel._kept["fast_guide"].values()]
+    assert {p.mean for p in preprocesses} == {(0.5, 0.4, 0.3), None}  # the weights' own and raw's identity
