@@ -12,7 +12,7 @@ from diffguide.studies.cifar10 import aligned_plan, aligned_study, guidance_plan
 from diffguide.studies.cifar10.assets import tiny_assets
 from diffguide.studies.cifar10.report import aligned_report
 from diffguide.studies.cifar10.plan import extension_scales
-from diffguide.studies.cifar10.runner import chosen_scale, grid_scales, load_results, needed, run_training
+from diffguide.studies.cifar10.runner import RECREATED_KINDS, chosen_scale, grid_scales, load_results, needed, run_training
 
 
 def _samples(units, group):
@@ -239,7 +239,8 @@ def test_only_runs_the_matching_units_in_plan_order(tiny_run):
 def test_report_lists_missing_runs(tiny_run, tmp_path):
     study, root, _ = tiny_run
     empty = aligned_report(study, tmp_path / "cache", tmp_path / "results", tmp_path / "empty.md").read_text()
-    assert f"{len(study.units)} of {len(study.units)} units" in empty
+    counted = [u for u in study.units if u.kind not in RECREATED_KINDS]  # the reference is listed apart
+    assert f"{len(counted)} of {len(study.units)} units" in empty and len(counted) < len(study.units)
     assert all(f"`{u.id}`" in empty for u in study.units)
     full = aligned_report(study, root / "cache", root / "results", tmp_path / "full.md").read_text()
     assert "Nothing: every unit of the plan is done." in full and "TINY CPU CHECK" in full
@@ -474,3 +475,17 @@ def test_reports_show_the_diagnostic_units(tiny_guidance, tiny_run, tmp_path):
     assert record["class_counts"] == [10] * 10 and record["settings"]["cfg_w"] == 3.0
     with Image.open(aligned_root / "results" / f"{grid}.png") as image:  # 10 rows of 8-pixel tiles, 2-pixel gaps
         assert image.size[1] == 2 + 10 * (8 + 2)
+
+
+def test_claims_table_shows_both_sides_and_the_paired_test():
+    """A claim's row: each side's mean ± std over the paired seeds, Δ and the one-sided paired t-test's p (here by
+    hand: d = (0.2, 0.1, 0.3), t = 0.2 / (0.1/√3) = 3.464, df 2: p = (1 − t/√(t² + 2))/2 = 0.0371). With one of
+    its comparisons unrun the claim has no verdict yet."""
+    from diffguide.studies.cifar10.report import claims_table
+    from diffguide.studies.verdict import compare
+
+    favoured, reference = [10.2, 10.1, 10.3], [10.0, 10.0, 10.0]
+    result = {**compare(favoured, reference, sign=1), "favoured": favoured, "reference": reference}
+    rows = claims_table([("higher is better: vs ref", result), ("higher is better: vs other", None)])
+    assert rows[2] == ("| higher is better | vs ref | 3 | 10.2 ± 0.1 | 10 ± 0 | 0.2 | 0.0371 | agrees | NOT YET RUN |")
+    assert rows[3].startswith("| higher is better | vs other | – |")

@@ -13,7 +13,7 @@ from ...io import atomic_write_text
 from .. import verdict
 from . import aligned_plan, guidance_plan
 from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
-from .runner import Study, chosen_scale, grid_scales, is_done, load_results, needed
+from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, is_done, load_results, needed
 
 METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
 VERDICT_WORDS = {"held": "HELD", "did not hold": "NOT HELD", "within noise": "WITHIN NOISE", "mixed": "MIXED",
@@ -79,32 +79,41 @@ def comparison(study: Study, results: dict, favoured: dict, reference: dict, met
         return {"outcome": verdict.AGREES, "delta": math.nan, "p": math.nan, "n": len(seeds)}
     a, b = [value(fav[s], metric) for s in seeds], [value(ref[s], metric) for s in seeds]
     shares = ([fav[s].get("diverged_share", 0.0) for s in seeds], [ref[s].get("diverged_share", 0.0) for s in seeds])
-    return verdict.compare(a, b, sign, divergence=shares)
+    return {**verdict.compare(a, b, sign, divergence=shares), "favoured": a, "reference": b}
 
 
 def claims_table(rows: list[tuple[str, dict | None]]) -> list[str]:
-    """rows: (claim name, comparison or None); claims sharing the text before ':' are one claim."""
+    """rows: (claim name, comparison or None); claims sharing the text before ':' are one claim, the text after it
+    names the comparison. A comparison shows both sides' mean ± std over the paired seeds."""
     groups = defaultdict(list)
     for name, result in rows:
         groups[name.split(":")[0]].append((name, result))
-    out = ["| claim | comparison | n seeds | Δ (favoured − reference) | one-sided p | outcome | verdict |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| claim | comparison | n seeds | favoured | reference | Δ (favoured − reference) | one-sided p | outcome "
+           "| verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for claim, items in groups.items():
         outcomes = [r["outcome"] for _, r in items if r is not None]
         word = VERDICT_WORDS[verdict.claim_verdict(outcomes)] if len(outcomes) == len(items) else "NOT YET RUN"
         for name, r in items:
+            part = name.split(":", 1)[1].strip() if ":" in name else "–"
             if r is None:
-                out.append(f"| {claim} | {name} | – | – | – | not yet run | {word} |")
+                out.append(f"| {claim} | {part} | – | – | – | – | – | not yet run | {word} |")
             else:
-                out.append(f"| {claim} | {name} | {r['n']} | {r['delta']:.4g} | {r['p']:.3g} | {r['outcome']} | "
-                           f"{word} |")
-    return out
+                sides = " | ".join(mean_std(r[k]) if k in r else "–" for k in ("favoured", "reference"))
+                out.append(f"| {claim} | {part} | {r['n']} | {sides} | {r['delta']:.4g} | {r['p']:.3g} | "
+                           f"{r['outcome']} | {word} |")
+    return out + ["", "Verdict words: DID NOT HOLD in the rule above is written NOT HELD here (the issue's word)."]
 
 
 def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
     missing = [(u, needed(study, u, results)) for u in study.units if not is_done(study, u, cache, results)]
     missing = [(u, need) for u, need in missing if need is not False]  # an edge point its grid settled without
+    remade = [u for u, _ in missing if u.kind in RECREATED_KINDS]
+    missing = [(u, need) for u, need in missing if u.kind not in RECREATED_KINDS]
     lines = ["## Not yet run", ""]
+    if remade:
+        lines += ["Re-created in the cache of every machine that runs a unit needing them (fixed seeds, never "
+                  "committed), so not counted below: " + ", ".join(f"`{u.id}` (~{u.est_s / 60:.1f} min)" for u in remade)
+                  + ".", ""]
     if not missing:
         return lines + ["Nothing: every unit of the plan is done.", ""]
     lines += [f"{len(missing)} of {len(study.units)} units, in run order (~{sum(u.est_s for u, _ in missing) / 60:.0f} "
@@ -132,16 +141,18 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
               "(the matched control the Smooth-ECE claim is judged against).", ""]
     lines += ["## Main table (DDPM-100, chosen scale, seeds 1–3, 10k samples each)", "",
               "| method | chosen scale (seed-0 grid) | FID | KID | precision | recall | density | coverage | "
-              "judge (ResNet-56) consistency | guide's own accuracy | s / 1k samples | failed runs |",
+              "judge (ResNet-56) consistency | guide's own accuracy | s / 1k samples (median) | failed runs |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in study.methods:
         rs = runs(study, results, method=method, group="final")
         scale = chosen_scale(study, method, results)
         cells = [mean_std([value(r, m) for r in rs]) for m in METRICS + ("judge_consistency",)]
         guide = mean_std([r["guide_accuracy"] for r in rs if "guide_accuracy" in r])
-        cost = mean_std([r["seconds_per_1k_samples"] for r in rs])
+        cost = f"{np.median([r['seconds_per_1k_samples'] for r in rs]):.3g}" if rs else "–"
         lines.append(f"| {method} | {'–' if scale is None else scale} | " + " | ".join(cells)
                      + f" | {guide} | {cost} | {sum(bool(r.get('failed')) for r in rs)}/{len(rs)} |")
+    lines += ["", "Cost: H200 sampling seconds per 1,000 samples at batch 2,500, the median over the seeds (the first "
+              "unit of a process also compiles the network and the guide, ~30–40 s; the median leaves that one out)."]
     lines += [""] + plots.final_fid_figure(study, results, results_dir, out_path)
     lines += ["## Scale grids (seed 0, 5k samples, DDPM-100): FID", "",
               "Each method's grid as the edge rule left it (amendment 3); a scale in brackets is an edge point "

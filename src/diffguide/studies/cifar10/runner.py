@@ -325,6 +325,8 @@ def run_calibration_finetune(study: Study, unit: Unit, cache: Path) -> None:
 
 
 TRAINING_KINDS = ("train", "train_classifier")
+RECREATED_KINDS = ("reference", "trajectories")
+"""Cache units re-made from fixed seeds on each machine that needs them (under a minute), never brought back."""
 DIAGNOSTIC_KINDS = ("trajectories", "calibration", "gradnorm", "sample_grid")
 
 
