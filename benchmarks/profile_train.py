@@ -46,7 +46,8 @@ def main(argv=None) -> None:
             torch.cuda.synchronize()
             wall = time.perf_counter() - started
     events = prof.key_averages()
-    cuda_total = sum(e.self_device_time_total for e in events) / 1e6
+    cuda_total = sum(e.self_device_time_total for e in events  # kernels only: an operator's own count repeats them
+                     if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
     print(f"wall {wall:.2f} s for {args.steps} steps (incl. end-of-run samples and release); GPU busy {cuda_total:.2f} s")
     print(events.table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=60))
     print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
