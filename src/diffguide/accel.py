@@ -40,10 +40,13 @@ def fast_module(module: nn.Module, *, fast: bool, mode: str | None = None) -> nn
     The compiled module shares parameters with ``module`` and forwards attribute access to it (``.config``,
     ``.null_label``…), so it drops in wherever the module was used. ``mode``: a ``torch.compile`` mode (default: its
     default; ``$DIFFGUIDE_COMPILE_MODE`` overrides it); "reduce-overhead" adds CUDA graphs, which pay where the CPU
-    cannot launch kernels as fast as the GPU runs them (CIFAR training at batch 128: 2.25x, docs/performance.md)."""
+    cannot launch kernels as fast as the GPU runs them (CIFAR training at batch 128: 2.25x, docs/performance.md).
+    ``$DIFFGUIDE_CHANNELS_LAST=0`` keeps the module's own memory format (a benchmark's switch: whether channels-last
+    pays is measured per workload, benchmarks/profile_train.py and profile_sample.py)."""
     if not fast:
         return module
-    module = module.to(memory_format=torch.channels_last)
+    if os.environ.get("DIFFGUIDE_CHANNELS_LAST", "1") != "0":
+        module = module.to(memory_format=torch.channels_last)
     return torch.compile(module, dynamic=False, mode=os.environ.get("DIFFGUIDE_COMPILE_MODE") or mode)
 
 

@@ -37,6 +37,18 @@ def test_eager_fast_module_is_the_module_itself():
     assert fast_module(net, fast=False) is net
 
 
+@pytest.mark.parametrize("switch, channels_last", [(None, True), ("1", True), ("0", False)])
+def test_fast_module_is_channels_last_unless_switched_off(monkeypatch, switch, channels_last):
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # the layout is what is tested
+    if switch is None:
+        monkeypatch.delenv("DIFFGUIDE_CHANNELS_LAST", raising=False)
+    else:
+        monkeypatch.setenv("DIFFGUIDE_CHANNELS_LAST", switch)
+    conv = fast_module(torch.nn.Conv2d(3, 8, 3), fast=True)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert conv.weight.is_contiguous() != channels_last
+
+
 def test_compiled_unet_equals_eager_within_float32_rounding():
     torch.manual_seed(0)
     net = UNetModel(**TINY).eval()
