@@ -12,8 +12,9 @@ import numpy as np
 from ...io import atomic_write_text
 from .. import verdict
 from . import aligned_plan, guidance_plan
+from . import report_plots as plots
 from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
-from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, is_done, load_results, needed
+from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, is_done, load_results, needed, runs
 
 METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
 VERDICT_WORDS = {"held": "HELD", "did not hold": "NOT HELD", "within noise": "WITHIN NOISE", "mixed": "MIXED",
@@ -38,18 +39,6 @@ def mean_std(values) -> str:
     if len(values) == 1:
         return f"{values[0]:.4g}"
     return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}"
-
-
-def unit_records(study: Study, results: dict, **match) -> list[tuple]:
-    """(unit, metrics JSON) of the finished sampling units whose plan parameters match ``match`` (scale=None: the
-    units planned at the chosen scale), in plan order."""
-    return [(u, results[u.id]) for u in study.units if u.kind == "sample" and u.id in results
-            and all(u.params.get(k) == v for k, v in match.items())]
-
-
-def runs(study: Study, results: dict, **match) -> list[dict]:
-    """The finished runs whose plan parameters match ``match`` (scale=None: the unit planned at the chosen scale)."""
-    return sorted((r for _, r in unit_records(study, results, **match)), key=lambda r: r["seed"])
 
 
 def header(study: Study, results: dict, title: str, protocol: str) -> list[str]:
@@ -124,7 +113,6 @@ def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
 
 
 def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
-    from . import report_plots as plots  # here: report_plots imports this module
 
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     gp = guidance_plan
@@ -202,7 +190,6 @@ def robust_width(curve: dict[float, float]) -> float | None:
 
 
 def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
-    from . import report_plots as plots  # here: report_plots imports this module
 
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     ap = aligned_plan

@@ -15,9 +15,8 @@ import numpy as np
 from ...io import atomic_write
 from ..report import figure
 from . import aligned_plan, guidance_plan
-from .report import unit_records
 from .report_diagnostics import image_link
-from .runner import Study, chosen_scale, grid_scales
+from .runner import Study, chosen_scale, grid_scales, unit_records
 
 __all__ = ["metric_of", "seed0_curve", "wcurve_points", "control_points", "seed_summary", "steps_points",
            "grid_points", "final_points", "method_panels", "fid_vs_w_figure", "precision_recall_vs_w_figure",

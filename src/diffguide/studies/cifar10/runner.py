@@ -16,7 +16,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ...io import atomic_write_text
@@ -336,6 +335,18 @@ def _run_diagnostic(study: Study, unit: Unit, cache: Path, results_dir: Path, re
     run = {"trajectories": probes.run_trajectories, "calibration": calibration.run_calibration,
            "gradnorm": probes.run_gradnorm, "sample_grid": probes.run_sample_grid}[unit.kind]
     run(study, unit, cache, results_dir, results)
+
+
+def unit_records(study: Study, results: dict, **match) -> list[tuple]:
+    """(unit, metrics JSON) of the finished sampling units whose plan parameters match ``match`` (scale=None: the
+    units planned at the chosen scale), in plan order."""
+    return [(u, results[u.id]) for u in study.units if u.kind == "sample" and u.id in results
+            and all(u.params.get(k) == v for k, v in match.items())]
+
+
+def runs(study: Study, results: dict, **match) -> list[dict]:
+    """The finished runs whose plan parameters match ``match`` (scale=None: the unit planned at the chosen scale)."""
+    return sorted((r for _, r in unit_records(study, results, **match)), key=lambda r: r["seed"])
 
 
 def unit_state(study: Study, unit: Unit, cache: Path, results: dict) -> str:
