@@ -489,3 +489,32 @@ def test_claims_table_shows_both_sides_and_the_paired_test():
     rows = claims_table([("higher is better: vs ref", result), ("higher is better: vs other", None)])
     assert rows[2] == ("| higher is better | vs ref | 3 | 10.2 ± 0.1 | 10 ± 0 | 0.2 | 0.0371 | agrees | NOT YET RUN |")
     assert rows[3].startswith("| higher is better | vs other | – |")
+
+
+@pytest.mark.parametrize("error, recorded", [(FloatingPointError("x̂0 overflowed"), True),
+                                             (RuntimeError("probabilities contain nan"), True),
+                                             (torch.OutOfMemoryError("CUDA out of memory"), False),
+                                             (type("CompilerFailed", (torch._dynamo.exc.TorchDynamoException,), {})(
+                                                 "inductor failed"), False)])
+def test_a_sampling_error_is_the_methods_failure_only_when_it_is_not_the_machines(tiny_run, tmp_path, monkeypatch,
+                                                                                   error, recorded):
+    """A diverged run (FloatingPointError, a NaN RuntimeError) is recorded as a failure of its method; out of memory
+    or a compiler failure says nothing about the method: it is raised and nothing is written, so the unit stays
+    unrun instead of counting against the method."""
+    import diffguide.api as api
+    from diffguide.studies.cifar10.runner import result_path, run_sample
+
+    study, root, _ = tiny_run
+    unit = next(u for u in study.units if u.kind == "sample")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(api, "sample", fail)
+    if recorded:
+        record = run_sample(study, unit, root / "cache" / study.name, tmp_path, load_results(root / "results"))
+        assert record["failed"] and json.loads(result_path(tmp_path, unit).read_text())["failed"]
+    else:
+        with pytest.raises(type(error)):
+            run_sample(study, unit, root / "cache" / study.name, tmp_path, load_results(root / "results"))
+        assert not result_path(tmp_path, unit).exists()

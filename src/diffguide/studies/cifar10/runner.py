@@ -208,6 +208,12 @@ def environment(study: Study) -> dict:
             "tiny": study.tiny}
 
 
+MACHINE_ERRORS = (torch.OutOfMemoryError, torch._dynamo.exc.TorchDynamoException,
+                  *((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ()))
+"""Errors of a sampling run that say nothing about its method (out of memory, a compiler failure, a device fault):
+they are RuntimeErrors, but unlike a diverged run they are raised, never recorded as the method's failure."""
+
+
 def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results: dict) -> dict:
     """Sample a unit, then score it (:func:`.scoring.score`): Inception features, FID/KID/PRDC on the study's
     device, the judge's (and an off-the-shelf guide's) accuracy. The record's ``timing`` gives each stage's seconds;
@@ -223,6 +229,8 @@ def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results
               **environment(study), "failed": False}
     try:
         samples = sample(settings, out=cache / "samples" / unit.id, resume=True, device=device, progress=False)
+    except MACHINE_ERRORS:  # the machine's or the compiler's failure, not the method's: no JSON, the unit stays unrun
+        raise
     except (RuntimeError, FloatingPointError, ValueError) as error:  # a diverged run is a failure of the method
         record.update(failed=True, error=f"{type(error).__name__}: {error}"[:500])
         samples = None
