@@ -22,8 +22,10 @@ case "$step" in
     python "scripts/${study}_study.py" --shared "$STAGE" --model "$STAGE/cifar10-cond-17m-v0" \
       --data "$STAGE/cifar10-jpeg-q75.tar.gz" --inception "$STAGE/inception-2015-12-05-fid-features.pt" \
       --classifiers "$STAGE/classifiers" --cache "$CACHE" --results "$RESULTS/$study" --report "$RESULTS/$study.md" \
-      --budget-s "${3:?BUDGET_S}" ${4:+--only "$4"}
-    tar czf "$OUT/results_$study.tgz" -C "$RESULTS" "$study" "$study.md" ;;
+      --budget-s "${3:?BUDGET_S}" ${4:+--only "$4"} || status=$?
+    # the finished units come back even when a later one stopped the command (e.g. out of memory)
+    tar czf "$OUT/results_$study.tgz" -C "$RESULTS" "$study" $(cd "$RESULTS" && ls "$study.md" 2>/dev/null || true)
+    exit "${status:-0}" ;;
   export)
     unit=${3:?UNIT}; first=${4:?FIRST}; last=${5:?LAST}; pack=/root/export/$study.$unit.tar
     mkdir -p /root/export
