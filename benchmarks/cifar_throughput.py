@@ -89,14 +89,31 @@ def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: 
                 seconds=seconds, warmup_s=warmup)
 
 
-def bench_fid(inception: Path, *, num_images: int, batch: int, autotune: bool, device) -> dict:
-    """Images/s of exact-fp32 FID features; ``autotune=False`` is the previous setting (no cuDNN autotuning)."""
+class _ChannelsLast(torch.nn.Module):
+    """The Inception network with weights and input in channels-last memory (still exact fp32: cuDNN picks other
+    fp32 algorithms, so features move in the last bits only — measured below against the default layout)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+
+def bench_fid(inception: Path, *, num_images: int, batch: int, autotune: bool, device,
+              channels_last: bool = False) -> dict:
+    """Images/s of exact-fp32 FID features; ``autotune=False`` is the previous setting (no cuDNN autotuning);
+    ``channels_last``: the network in channels-last memory (a candidate, not the default)."""
     import contextlib
 
     from diffguide.metrics import InceptionFeatures, inception as module
 
     images = np.random.default_rng(0).integers(0, 256, (num_images, 32, 32, 3), dtype=np.uint8)
     features = InceptionFeatures(inception, device=device, batch_size=batch)
+    default_layout = features(images[:batch]) if channels_last else None
+    if channels_last:
+        features.net = _ChannelsLast(features.net)
     saved = module.cudnn_autotune
     if not autotune:
         module.cudnn_autotune = lambda enabled=True: contextlib.nullcontext()
@@ -109,8 +126,12 @@ def bench_fid(inception: Path, *, num_images: int, batch: int, autotune: bool, d
         seconds = time.perf_counter() - started
     finally:
         module.cudnn_autotune = saved
-    return dict(section="fid", fast=autotune, batch=batch, num_images=num_images, images_per_s=num_images / seconds,
-                max_abs_feature_change_vs_first_pass=float(np.abs(out[:batch] - reference).max()))
+    row = dict(section="fid", fast=autotune, batch=batch, num_images=num_images, images_per_s=num_images / seconds,
+               channels_last=channels_last,
+               max_abs_feature_change_vs_first_pass=float(np.abs(out[:batch] - reference).max()))
+    if channels_last:
+        row["max_abs_feature_change_vs_default_layout"] = float(np.abs(out[:batch] - default_layout).max())
+    return row
 
 
 def main(argv=None) -> dict:
@@ -150,10 +171,11 @@ def main(argv=None) -> dict:
                                      fast=fast and device.type == "cuda", device=device))
             print(rows[-1], flush=True)
     if "fid" in sections and args.inception:
-        variants = ((64, False), (64, True), (250, True), (500, True)) if not args.tiny else ((4, False), (4, True))
-        for batch, autotune in (v for v in variants if v[1] or not args.fast_only):
+        variants = (((64, False, False), (64, True, False), (250, True, False), (500, True, False), (250, True, True),
+                     (500, True, True)) if not args.tiny else ((4, False, False), (4, True, False), (4, True, True)))
+        for batch, autotune, channels_last in (v for v in variants if v[1] or not args.fast_only):
             rows.append(bench_fid(args.inception, num_images=args.num_images, batch=batch, autotune=autotune,
-                                  device=device))
+                                  device=device, channels_last=channels_last))
             print(rows[-1], flush=True)
     result = dict(benchmark="cifar_throughput", device=str(device), torch=torch.__version__,
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", rows=rows)
@@ -162,7 +184,9 @@ def main(argv=None) -> dict:
     for r in rows:
         notes = {"train": lambda: f"{r['steps_per_s']:.1f} steps/s, first interval {r['first_interval_s']:.0f} s",
                  "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s",
-                 "fid": lambda: f"{r['num_images']} images"}[r["section"]]()
+                 "fid": lambda: f"{r['num_images']} images" + (", channels-last, features within "
+                                  f"{r['max_abs_feature_change_vs_default_layout']:.2g} of the default layout"
+                                  if r.get("channels_last") else "")}[r["section"]]()
         print(f"{r['section']:<7} {str(r.get('fast', '-')):<5} {r['batch']:>6} {r['images_per_s']:>10.1f}  {notes}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
