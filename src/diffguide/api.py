@@ -141,15 +141,17 @@ def load_guidance_classifier(spec: str, preset: str | None = None, device="cpu")
 
 
 def _guide_identity(spec: str) -> tuple:
-    """What says a guidance classifier spec still names the same weights: the spec and its file's identity."""
-    path = spec.split(":", 1)[1] if spec.startswith("cifar-resnet:") else None if spec.startswith("torchvision:") else spec
-    return (spec, *(file_identity(path) if path is not None else ()))
+    """What says a guidance classifier spec still names the same weights: the spec and its file's identity (a
+    torchvision spec names no file of ours: its weights are torchvision's)."""
+    if spec.startswith("torchvision:"):
+        return (spec,)
+    return (spec, *file_identity(spec.removeprefix("cifar-resnet:")))
 
 
 def _guide_module(settings: SampleSettings, device, fast: bool) -> tuple[nn.Module, str]:
     """(classifier module, 'x_t' or 'x0') of the settings' guide, its preprocessing as the settings ask; on the fast
-    path compiled once per process and weights (:func:`~diffguide.accel.reused_fast_module`): the guide's forward and
-    backward are a third of an x̂0-guided step's time at the CIFAR study's batch when eager (docs/performance.md)."""
+    path compiled once per process and weights (:func:`~diffguide.accel.reused_fast_module`): eager, the guide's
+    forward and backward were nearly all of what x̂0 guidance adds to a CIFAR step (docs/performance.md)."""
     spec = settings.classifier or settings.x0_classifier
 
     def load():
@@ -199,7 +201,7 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
 
     With ``out`` the run is written there (shards, ``samples.npz``, ``grid.png``, ``run.json``) and can be resumed;
     under torchrun, rank 0 returns the merged samples and the other ranks ``None``. ``fast``: the compiled channels-last
-    network of :mod:`diffguide.accel` (default: on CUDA only; ``False`` is plain eager PyTorch).
+    network and guidance classifier of :mod:`diffguide.accel` (default: on CUDA only; ``False`` is plain eager PyTorch).
     ``step_callback(guidance, start)``: the sampler ``callback`` of the batch whose first sample is ``start``, given
     the run's :class:`~diffguide.guidance.Guidance` (e.g. to read the classifier along the steps); see
     :func:`diffguide.sampling.generate`.

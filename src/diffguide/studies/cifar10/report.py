@@ -11,8 +11,7 @@ import numpy as np
 
 from ...io import atomic_write_text
 from .. import verdict
-from . import aligned_plan, guidance_plan
-from . import report_plots as plots
+from . import aligned_plan, guidance_plan, report_plots as plots
 from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
 from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, is_done, load_results, needed, runs
 
@@ -113,7 +112,6 @@ def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
 
 
 def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
-
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     gp = guidance_plan
     protocol = gp.__doc__ + (f"\nScale grids: CFG w {gp.CFG_GRID}; x̂0 guides {gp.X0_GRID}; noise-aware {gp.XT_GRID}; "
@@ -190,7 +188,6 @@ def robust_width(curve: dict[float, float]) -> float | None:
 
 
 def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
-
     results, cache = load_results(results_dir), Path(cache_dir).expanduser() / study.name
     ap = aligned_plan
     protocol = ap.__doc__ + "\nArm deltas (TrainConfig):\n\n" + "\n".join(
