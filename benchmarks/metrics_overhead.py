@@ -9,7 +9,9 @@ What a unit of ``diffguide.studies.cifar10`` does after sampling, stage by stage
   on ``--device`` (:func:`diffguide.metrics.fid.trace_sqrt_product`);
 - KID: 100 subsets of 1000; old: NumPy float64 on the CPU, new: torch float64 on ``--device`` (NumPy on the CPU);
 - PRDC: old: on the CPU with the reference's k-NN radii computed for every unit; new cold: on ``--device``, radii
-  computed (the first unit of a process); new warm: radii kept on the reference (every later unit).
+  computed (the first unit of a process); new warm: radii kept on the reference (every later unit);
+- judge (with ``--judge``, a CIFAR ResNet ``.th``): its predictions on the images; old: on the CPU (where a study
+  with no device named ran it), new: on ``--device`` in exact fp32; and how many predictions the two differ in.
 
 Features are random (a ReLU of correlated Gaussians, like pool3), ``--num-reference`` of them for the reference.
 Without ``--inception`` a random TorchScript stand-in of the same input and output shapes times the features stage.
@@ -43,6 +45,7 @@ from diffguide.metrics import InceptionFeatures, Reference
 from diffguide.metrics.fid import feature_statistics, kernel_inception_distance, trace_sqrt_product
 from diffguide.metrics.inception import NetworkIdentity
 from diffguide.metrics.prdc import prdc
+from diffguide.studies.cifar10.scoring import judge_predictions
 
 
 class _StandIn(nn.Module):
@@ -92,6 +95,7 @@ def main() -> None:
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=1000)
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--judge", type=Path, help="a CIFAR ResNet .th file: time the judge stage too")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -108,6 +112,9 @@ def main() -> None:
     print(f"{'stage':<34}{'old s':>10}{'new s':>10}")
     for name, old, new in rows["table"]:
         print(f"{name:<34}{'' if old is None else f'{old:.3f}':>10}{'' if new is None else f'{new:.3f}':>10}")
+    if "judge_predictions_differing" in rows["values"]:
+        print(f"judge: {rows['values']['judge_predictions_differing']} of {args.num_images} predictions differ "
+              "between the CPU and the device")
     atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
     print(f"wrote {args.out}")
 
@@ -150,7 +157,18 @@ def measure(args, network: str, device: torch.device) -> dict:
              ("PRDC (new: radii computed)", prdc_old_s, prdc_cold_s), ("PRDC (new: radii kept)", prdc_old_s,
                                                                        prdc_warm_s),
              ("total per unit (new: warm)", old_total, new_total)]
-    values = {"trace_sqrt_old": root_old, "trace_sqrt_new": root_new, "kid_old": kid_old, "kid_new": kid_new,
+    if args.judge is not None:  # the judge's classes on the same images, CPU (old) against the device (new)
+        spec = f"cifar-resnet:{args.judge}"
+        for where in (torch.device("cpu"), device):  # loading and warm-up, untimed
+            judge_predictions(spec, images[:64], where)
+        judge_old, judge_old_s = timed(device, judge_predictions, spec, images, torch.device("cpu"))
+        judge_new, judge_new_s = timed(device, judge_predictions, spec, images, device)
+        table.insert(-1, ("judge (ResNet) predictions", judge_old_s, judge_new_s))
+        table[-1] = (table[-1][0], old_total + judge_old_s, new_total + judge_new_s)
+        judge_values = {"judge_predictions_differing": int((judge_old != judge_new).sum())}
+    else:
+        judge_values = {}
+    values = {**judge_values, "trace_sqrt_old": root_old, "trace_sqrt_new": root_new, "kid_old": kid_old, "kid_new": kid_new,
               "prdc_old": prdc_old.__dict__, "prdc_new_cold": prdc_cold.__dict__, "prdc_new_warm": prdc_warm.__dict__}
     environment = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
                    "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

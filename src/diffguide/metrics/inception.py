@@ -143,8 +143,9 @@ def preprocess(images: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def _full_fp32():
-    """Disable TF32 for convolutions and matmuls (on by default for cuDNN convs): features in true fp32."""
+def full_fp32():
+    """Disable TF32 for convolutions and matmuls (on by default for cuDNN convs): features (and a study's judge)
+    in true fp32."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -185,7 +186,7 @@ class InceptionFeatures:
     def batch(self, images: Tensor) -> Tensor:
         """Features [B, D] (float32, on ``self.device``) of one uint8 batch [B, H, W, C]. The TorchScript profiling
         executor is switched off: no shape-specialised re-optimisation when the batch size changes."""
-        with _full_fp32(), cudnn_autotune(self.device.type == "cuda"), torch.jit.optimized_execution(False):
+        with full_fp32(), cudnn_autotune(self.device.type == "cuda"), torch.jit.optimized_execution(False):
             out = self.net(preprocess(images.to(self.device, non_blocking=True)))
         if out.ndim != 2 or out.shape[0] != images.shape[0]:
             raise RuntimeError(f"Inception network returned {tuple(out.shape)} for {images.shape[0]} images; expected "

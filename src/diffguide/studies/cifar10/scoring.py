@@ -28,22 +28,34 @@ def scoring_assets(study: Study, cache: Path, device):
 
 
 def judge(spec: str, device):
-    """The classifier ``spec`` names (:func:`~.assets.load_judge`), loaded once per process and device."""
+    """The classifier ``spec`` names (:func:`~.assets.load_judge`), loaded once per process and device; ``device``
+    None: the GPU when there is one (:func:`~diffguide.devices.resolve_device`), as for every other network of a
+    unit (the judge ran on the CPU before: 4–7 s of every H200 unit)."""
+    from ...devices import resolve_device
     from .assets import load_judge
 
+    device = resolve_device(device)
     weights = file_identity(spec.partition(":")[2]) if spec.startswith("cifar-resnet:") else None  # random: a seed
     return kept("judge", (spec, weights, str(device)), lambda: load_judge(spec, device))
 
 
 def judge_accuracy(spec: str, images: np.ndarray, labels: np.ndarray, device) -> float:
     """The share of uint8 samples [N, H, W, C] that the classifier ``spec`` assigns to their ``labels``."""
+    return float((judge_predictions(spec, images, device) == labels).mean())
+
+
+def judge_predictions(spec: str, images: np.ndarray, device) -> np.ndarray:
+    """The classes [N] the classifier ``spec`` assigns to uint8 samples [N, H, W, C]."""
+    from ...metrics.inception import full_fp32
+
     model = judge(spec, device)
+    device = next(model.parameters()).device
     predictions = []
-    with torch.no_grad():
-        for start in range(0, len(images), 500):
-            x = torch.from_numpy(images[start:start + 500]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad(), full_fp32():  # on a GPU as on the CPU: fp32, never TF32 (predictions only move at ties)
+        for start in range(0, len(images), 2500):
+            x = torch.from_numpy(images[start:start + 2500]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
             predictions.append(model(x).argmax(1).cpu().numpy())
-    return float((np.concatenate(predictions) == labels).mean())
+    return np.concatenate(predictions)
 
 
 def score(study: Study, cache: Path, device, images: np.ndarray, labels: np.ndarray, *, seed: int,
