@@ -156,7 +156,7 @@ def test_tiny_pipeline_runs_every_unit(tiny_run):
     results = load_results(root / "results")
     assert len(results) == sum(u.kind in ("sample", "sample_grid") for u in study.units)
     record = next(r for r in results.values() if "metrics" in r)
-    for key in ("seed", "num_samples", "gpu", "torch", "precision", "seconds_per_1k_samples"):
+    for key in ("seed", "num_samples", "gpu", "torch", "precision", "seconds_per_1k_samples", "judge_device"):
         assert key in record
     assert record["metrics"]["num_samples"] == 24
 

@@ -137,6 +137,9 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
         cost = f"{np.median([r['seconds_per_1k_samples'] for r in rs]):.3g}" if rs else "–"
         lines.append(f"| {method} | {'–' if scale is None else scale} | " + " | ".join(cells)
                      + f" | {guide} | {cost} | {sum(bool(r.get('failed')) for r in rs)}/{len(rs)} |")
+    lines += ["", "Judge: ResNet-56 in exact fp32. Units whose JSON has no `judge_device` ran it on the CPU (a study "
+              "naming no device fell through to it), later ones on the unit's GPU; the two differ only where a "
+              "prediction is a near-tie (`benchmarks/metrics_overhead.py --judge` counts them)."]
     lines += ["", "Cost: H200 sampling seconds per 1,000 samples at batch 2,500, the median over the seeds (the first "
               "unit of a process also compiles the network and the guide, ~30–40 s; the median leaves that one out)."]
     lines += [""] + plots.final_fid_figure(study, results, results_dir, out_path)

@@ -73,6 +73,7 @@ def score(study: Study, cache: Path, device, images: np.ndarray, labels: np.ndar
     timing["metrics_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     out["judge_consistency"] = judge_accuracy(study.assets["judge"], images, labels, device)
+    out["judge_device"] = str(next(judge(study.assets["judge"], device).parameters()).device)  # (JSONs without it: CPU)
     if guide is not None:
         out["guide_accuracy"] = judge_accuracy(guide, images, labels, device)
     timing["judge_s"] = time.perf_counter() - clock
