@@ -259,3 +259,24 @@ def test_cli_bad_input_gives_clear_errors(tmp_path, flags, message):
 def test_cli_missing_data_error_comes_from_the_loader(tmp_path):
     result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")])
     assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_the_ema_shares_the_training_layout_on_the_fast_path(tmp_path, monkeypatch):
+    """On the fast path the network trains in channels-last memory. The EMA copy must have the same strides, or
+    torch._foreach_lerp_ leaves its multi-tensor path for one kernel per tensor (277 a step in the CIFAR training
+    profile). torch.compile is a stand-in here: what is tested is the layout."""
+    import diffguide.train.trainer as trainer
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    monkeypatch.delenv("DIFFGUIDE_CHANNELS_LAST", raising=False)
+    same, original = [], trainer.ema_update
+
+    def record(ema, model, decay):
+        pairs = list(zip(ema.parameters(), model.parameters()))
+        same.append(all(e.stride() == m.stride() for e, m in pairs))
+        assert any(m.is_contiguous(memory_format=torch.channels_last) and not m.is_contiguous() for _, m in pairs)
+        original(ema, model, decay)
+
+    monkeypatch.setattr(trainer, "ema_update", record)
+    train(tiny_config(2), tmp_path, dataset=tiny_images(), progress=False, fast=True, device="cpu")
+    assert same == [True, True]

@@ -173,7 +173,6 @@ class _Run:
         self.draws = draws if draws is not None else StepDraws(config.seed, rank, device)
         self.train_mode, self.config_name = train_mode, config_name
         self.model = model.to(device)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.optim.ema_decay > 0 else None
         self.fast = use_fast_path(fast, device)
         net = self.model
         if world > 1:
@@ -183,6 +182,9 @@ class _Run:
         # the forward/backward of training (checkpoints hold self.model's weights). One process: CUDA graphs too — the
         # 17M CIFAR net at batch 128 is launch-bound (2.25x, docs/performance.md); under DDP plain compilation.
         self.net = fast_module(net, fast=self.fast, mode="reduce-overhead" if world == 1 else None)
+        # copied after fast_module, so the EMA shares the model's memory layout (channels-last on the fast path) and
+        # torch._foreach_lerp_ takes its multi-tensor path (with another layout it launches a kernel per tensor)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.optim.ema_decay > 0 else None
         optim = config.optim
         self.optimizer = fused_adamw([p for p in self.model.parameters() if p.requires_grad], fast=self.fast,
                                      lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
