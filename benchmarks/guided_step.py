@@ -106,11 +106,16 @@ def bench_gradient(name: str, module, *, batch: int, bf16: bool, softplus_beta: 
     return dict(section="gradient", variant=name, batch=batch, ms=1000 * float(np.median(times)))
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --resnet and --batch: the CIFAR-10 study's network, guide and batch (shared with profile_sample.py)."""
     parser.add_argument("--model", type=Path, required=True, help="the CIFAR-10 base model's release folder")
     parser.add_argument("--resnet", type=Path, required=True, help="the CIFAR ResNet-32 .th file that guides")
-    parser.add_argument("--batch", type=int, default=2500, help="images per batch (the study's batch on a GPU)")
+    parser.add_argument("--batch", type=int, default=2500, help="images per batch (the studies' batch on a GPU)")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_study_arguments(parser)
     parser.add_argument("--steps", type=int, default=20, help="DDPM steps per timed sample() call")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (the median is reported)")
     parser.add_argument("--tiny", action="store_true", help="batch 4, 2 steps, 1 repeat: a CPU check of the script")

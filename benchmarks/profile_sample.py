@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from diffguide.api import SampleSettings, sample
 from diffguide.io import atomic_write_text
-from guided_step import ELUCD  # the EluCD settings the guided-step benchmark times (this folder is on sys.path)
+from guided_step import ELUCD, add_study_arguments  # (this folder is on sys.path)
 
 KINDS = (("attention", r"flash|fmha|attention|efficient_attention"),
          ("conv / matmul", r"conv|gemm|xmma|cutlass|sm\d+_|wgrad|dgrad|fprop|cublas|implicit"),
@@ -67,9 +67,7 @@ def profile_setting(name: str, settings: SampleSettings, device: str) -> list[st
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="the CIFAR-10 base model's release folder")
-    parser.add_argument("--resnet", type=Path, required=True, help="the CIFAR ResNet-32 .th file that guides")
-    parser.add_argument("--batch", type=int, default=2500, help="images per batch (the studies' batch on a GPU)")
+    add_study_arguments(parser)
     parser.add_argument("--steps", type=int, default=10, help="DDPM steps profiled per setting")
     parser.add_argument("--tiny", action="store_true", help="batch 2, 2 steps: a CPU check of the script")
     parser.add_argument("--out", type=Path, required=True, help="text output path")
