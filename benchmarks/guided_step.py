@@ -13,8 +13,9 @@ compilation):
 - ``check``: the compiled guide's fp32 gradient against the eager one at β = 10, 3 and ReLU (bound 1e-4 relative,
   derived in tests/unit/test_accel.py).
 
-The first H200 run (2026-12-01, before the guide was compiled; ``benchmarks/results/guided_step_eager_guide_h200.json``) found
-the eager guide's gradient alone (36.7 ms) to be nearly all of the 41.9 ms an x̂0-guided step adds at batch 2,500.
+The first H200 run (2026-12-01, before the guide was compiled;
+``benchmarks/results/guided_step_eager_guide_h200.json``) found the eager guide's gradient alone (36.7 ms) to be
+nearly all of the 41.9 ms an x̂0-guided step adds at batch 2,500.
 
     python benchmarks/guided_step.py --model PATH/cifar10-cond-17m-v0 --resnet PATH/cifar10-resnet32-d509ac18.th \
         --out benchmarks/results/guided_step_h200.json
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import time
 from pathlib import Path
@@ -137,7 +139,7 @@ def main(argv=None) -> dict:
              bench_sample("EluCD ResNet-32, ReLU (default)", SampleSettings(**guided, softplus_beta=None),
                           repeats=args.repeats, device=device)]
     eager, _ = load_guidance_classifier(f"cifar-resnet:{args.resnet}", device=device)
-    compiled = fast_module(eager, fast=device.type == "cuda")
+    compiled = fast_module(copy.deepcopy(eager), fast=device.type == "cuda")  # (fast_module makes it channels-last)
     for module_name, module in (("eager", eager), ("compiled", compiled)):
         for bf16 in (True, False):
             for beta in (10.0, None):
