@@ -427,6 +427,5 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
         finished.append(unit.id)
         results = load_results(results_dir)  # what the unit wrote decides what is ready next
     print(describe(study, cache_dir, results_dir))
-    results = load_results(results_dir)
     left = sum(unit_state(study, u, cache, results) not in ("done", "not needed") for u in study.units)
     return {"ran": ran, "finished": finished, "left": left}

@@ -14,6 +14,7 @@ import torch
 from ...accel import file_identity, kept
 from .runner import Study
 
+
 def scoring_assets(study: Study, cache: Path, device):
     """(Inception feature extractor, reference) of ``study``, loaded once per process and device; a ValueError if
     the reference was computed with another feature network."""
@@ -62,6 +63,7 @@ def score(study: Study, cache: Path, device, images: np.ndarray, labels: np.ndar
           guide: str | None = None) -> dict:
     """{'metrics', 'judge_consistency', ['guide_accuracy',] 'timing'} of uint8 samples [N, H, W, C] with their
     labels; ``guide``: the spec of an off-the-shelf guide whose own accuracy is reported beside the judge's."""
+    from ...devices import resolve_device
     from ...metrics import evaluate_features
 
     clock = time.perf_counter()
@@ -72,9 +74,10 @@ def score(study: Study, cache: Path, device, images: np.ndarray, labels: np.ndar
     out = {"metrics": evaluate_features(features, reference, seed=seed, device=extractor.device)}
     timing["metrics_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    out["judge_consistency"] = judge_accuracy(study.assets["judge"], images, labels, device)
-    out["judge_device"] = str(next(judge(study.assets["judge"], device).parameters()).device)  # (JSONs without it: CPU)
+    judge_device = resolve_device(device)
+    out["judge_consistency"] = judge_accuracy(study.assets["judge"], images, labels, judge_device)
+    out["judge_device"] = str(judge_device)  # (the JSONs without it ran the judge on the CPU)
     if guide is not None:
-        out["guide_accuracy"] = judge_accuracy(guide, images, labels, device)
+        out["guide_accuracy"] = judge_accuracy(guide, images, labels, judge_device)
     timing["judge_s"] = time.perf_counter() - clock
     return {**out, "timing": timing}
