@@ -27,17 +27,18 @@ case "$step" in
     tar czf "$OUT/results_$study.tgz" -C "$RESULTS" "$study" $(cd "$RESULTS" && ls "$study.md" 2>/dev/null || true)
     exit "${status:-0}" ;;
   export)
-    unit=${3:?UNIT}; first=${4:?FIRST}; last=${5:?LAST}; pack=/root/export/$study.$unit.tar
-    mkdir -p /root/export
+    unit=${3:?UNIT}; first=${4:?FIRST}; last=${5:?LAST}; EXPORT=${EXPORT:-/root/export} pack=$EXPORT/$study.$unit.tar
+    mkdir -p "$EXPORT"
     if [ ! -f "$pack.sha256" ]; then
-      (cd "$CACHE/$study/train" && tar cf "$pack" "$unit/model" "$unit/done.json" "$unit/summary.json" \
-        "$unit/log.jsonl" "$unit/train_config.json" $(ls "$unit"/*.png 2>/dev/null || true))
-      (cd /root/export && sha256sum "$(basename "$pack")" > "$(basename "$pack").sha256" \
+      [ -f "$CACHE/$study/train/$unit/done.json" ] || { echo "export: $unit is not finished here" >&2; exit 1; }
+      # the whole finished unit (its files differ: train, train-classifier, calibrate) but the resume checkpoint
+      (cd "$CACHE/$study/train" && tar cf "$pack" --exclude "$unit/checkpoint.pt" "$unit")
+      (cd "$EXPORT" && sha256sum "$(basename "$pack")" > "$(basename "$pack").sha256" \
         && split -d -b 15M "$(basename "$pack")" "$(basename "$pack").part")
     fi
     cp "$pack.sha256" "$OUT/"
     for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack.part$i" ] && cp "$pack.part$i" "$OUT/"; done
-    ls /root/export ;;
+    ls "$EXPORT" ;;
   import)
     unit=${3:?UNIT}; mkdir -p "$CACHE/$study/train" && cp -r "${4:?FOLDER}" "$CACHE/$study/train/$unit" ;;
   receive)

@@ -165,6 +165,36 @@ def test_compiled_guide_gradient_equals_eager_for_each_relu_smoothing():
                           grads[10.0]) > 10 * BOUND
 
 
+def test_compiled_noise_aware_guide_gradient_equals_eager():
+    """ADM-G's noise-aware classifier compiled (as ``api.sample`` runs it on the fast path) gives the eager ∇_{x_t}
+    log p(y | x_t, t), the gradient through the whole encoder.
+
+    Bound: the encoder is the UNet's first half with its GroupNorms and attention pooling, the same re-ordered
+    reductions as the UNet's (module docstring: ≈ 2e-5 relative), and the backward pass repeats them once more, so
+    1e-4 as for the UNet; its output convolution's weights scaled by 1.01 (a real change of the function) fail it
+    (asserted)."""
+    from diffguide.guidance import ClassifierGuidance
+    from diffguide.guidance.step import GuidanceStep
+    from diffguide.nets import EncoderUNetModel
+
+    torch.manual_seed(0)
+    classifier = EncoderUNetModel(image_size=16, in_channels=3, model_channels=32, out_channels=5, num_res_blocks=1,
+                                  attention_resolutions=(2,), channel_mult=(1, 2), num_head_channels=32,
+                                  pool="attention").eval()
+    for p in classifier.parameters():  # the zero-initialised output layers would make every gradient vanish
+        p.data.normal_(0, 0.05)
+    compiled = fast_module(classifier, fast=True)
+    x_t = torch.randn(4, 3, 16, 16)
+    step = GuidanceStep(i=5, num_steps=10, num_train_timesteps=1000, t=torch.tensor([900, 500, 100, 3]), x_t=x_t,
+                        prediction=type("P", (), {"x0": x_t})(), labels=torch.tensor([0, 3, 4, 1]))
+    eager = ClassifierGuidance(classifier, on="x_t").gradient(step)
+    error = relative_error(ClassifierGuidance(compiled, on="x_t").gradient(step), eager)
+    print(f"noise-aware guide: compiled vs eager gradient {error:.3g} relative")
+    assert error < BOUND
+    classifier.out[-1].c_proj.weight.data *= 1.01
+    assert relative_error(ClassifierGuidance(compiled, on="x_t").gradient(step), eager) > 10 * BOUND
+
+
 def test_sample_compiles_the_guide_once_per_process_and_preprocessing(tmp_path, monkeypatch):
     """api.sample on the fast path compiles the guidance classifier with the network, once per process and weights:
     a second run with the same guide loads and compiles nothing; ``x0_preprocess='raw'`` (which changes the loaded
