@@ -67,10 +67,12 @@ def bench_train(model_dir: Path, out: Path, *, batch: int, steps: int, interval:
                 first_interval_s=interval / records[0]["steps_per_s"], wall_s=wall)
 
 
-def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: bool, device) -> dict:
-    """Images/s of DDIM-50 with CFG w = 1 (one batched [cond, null] forward per step)."""
+def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: bool, device,
+                 compile_mode: str | None = None) -> dict:
+    """Images/s of DDIM-50 with CFG w = 1 (one batched [cond, null] forward per step); ``compile_mode``: the fast
+    path's ``torch.compile`` mode (None: its default)."""
     net, config = load_network(model_dir, device=device)
-    net = fast_module(net.eval().requires_grad_(False), fast=fast)
+    net = fast_module(net.eval().requires_grad_(False), fast=fast, mode=compile_mode)
     null = config.extra["null_label"]
     denoiser = config.denoiser(net, "ddim50")
     guidance = Guidance(cfg=ClassifierFree(w=1.0, null_label=null))
@@ -86,7 +88,7 @@ def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: 
     _sync(device)
     seconds = time.perf_counter() - started
     return dict(section="sample", fast=fast, batch=batch, num_samples=num_samples, images_per_s=num_samples / seconds,
-                seconds=seconds, warmup_s=warmup)
+                seconds=seconds, warmup_s=warmup, compile_mode=(compile_mode or "default") if fast else None)
 
 
 class _ChannelsLast(torch.nn.Module):
@@ -145,6 +147,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--sample-batch", type=int, default=2500, help="sampling batch size of the fast path")
     parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
     parser.add_argument("--fast-only", action="store_true", help="skip the eager (previous) variants")
+    parser.add_argument("--compile-modes", default="default",
+                        help="comma-separated torch.compile modes of the fast sampling variant, each a row (e.g. "
+                             "'default,max-autotune-no-cudagraphs')")
     parser.add_argument("--tiny", action="store_true", help="a tiny network, a few steps and images: a CPU check of "
                         "the script (needs the train section)")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
@@ -164,11 +169,13 @@ def main(argv=None) -> dict:
                                     fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
             print(rows[-1], flush=True)
     if "sample" in sections:
-        variants = ((256 if not args.tiny else 4, False), (args.sample_batch, False), (args.sample_batch, True))
-        for batch, fast in (v for v in variants if v[1] or not args.fast_only):
+        modes = [None if m == "default" else m for m in args.compile_modes.split(",")]
+        variants = ((256 if not args.tiny else 4, False, None), (args.sample_batch, False, None),
+                    *((args.sample_batch, True, mode) for mode in modes))
+        for batch, fast, mode in (v for v in variants if v[1] or not args.fast_only):
             model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
             rows.append(bench_sample(model, num_samples=args.num_samples, batch=batch,
-                                     fast=fast and device.type == "cuda", device=device))
+                                     fast=fast and device.type == "cuda", device=device, compile_mode=mode))
             print(rows[-1], flush=True)
     if "fid" in sections and args.inception:
         variants = (((64, False, False), (64, True, False), (250, True, False), (500, True, False), (250, True, True),
@@ -183,7 +190,8 @@ def main(argv=None) -> dict:
     print(f"{'section':<7} {'fast':<5} {'batch':>6} {'images/s':>10}  notes")
     for r in rows:
         notes = {"train": lambda: f"{r['steps_per_s']:.1f} steps/s, first interval {r['first_interval_s']:.0f} s",
-                 "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s",
+                 "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s"
+                                   + (f", compile mode {r['compile_mode']}" if r.get("compile_mode") else ""),
                  "fid": lambda: f"{r['num_images']} images" + (", channels-last, features within "
                                   f"{r['max_abs_feature_change_vs_default_layout']:.2g} of the default layout"
                                   if r.get("channels_last") else "")}[r["section"]]()
