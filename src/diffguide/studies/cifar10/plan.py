@@ -10,11 +10,13 @@ A study is a list of :class:`Unit` s, run in order by :mod:`.runner`:
 
 Estimated H200 seconds use docs/performance.md and the first study units (2026-12-01): DDIM-50 CFG sampling 205
 img/s (compiled, batch 2500, one batched [cond, ∅] forward per step; a 10k unit sampled in 49.2 s), so one CFG
-step costs 1/(205·50) s per image; a plain conditional step half of that; a classifier-guided step ×1.4 (an x̂0
-ResNet-32 DDPM-100 5k unit sampled in 32.4 s against 24.4 s estimated unguided: ×1.33); training 4,683 img/s at
-batch 128 plus 100 s of compilation per command; scoring (Inception features, FID, KID, PRDC, the judge) 10 s per
-unit (17.7–23.6 s measured before the scoring kept its networks and ran on the GPU, 6.9 s after, in the first unit of
-a process).
+step costs 1/(205·50) s per image; a plain conditional step half of that; a classifier-guided step ×1.3 (the
+guide compiled, benchmarks/results/guided_step_h200.json: an x̂0 ResNet-32 step ×1.16 over unguided; the ADM-G
+units' noise-aware steps, 163–169 ms at batch 2,500 against 127.1: ×1.29; ×1.4 before the guide was compiled);
+training 4,683 img/s at batch 128 plus 100 s of compilation per command; scoring (Inception features, FID, KID,
+PRDC, the judge) 5 s per unit (17.7–23.6 s measured before the scoring kept its networks and ran on the GPU; 3.2–3.7 s
+in the ADM-G units after the first of a process). Estimates only order and budget the work: a unit that runs over
+its estimate still finishes within the command's 10 minutes (the budget leaves a minute).
 
 Diagnostic units (not scored by FID; their own JSON in the results folder, except ``trajectories``, a cache file):
 ``trajectories`` (x̂0 and x_t of unguided DDPM runs at fixed steps), ``calibration`` (one guiding classifier),
@@ -40,10 +42,10 @@ def sampling_variance(sampler: str) -> str | None:
 
 
 CFG_STEP_S = 1.0 / (205 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
-GUIDED_FACTOR = 1.4
+GUIDED_FACTOR = 1.3
 TRAIN_IMG_S = 4683.0
 COMPILE_S = 100.0
-SCORING_S = 10.0
+SCORING_S = 5.0
 FEATURES_IMG_S = 2300.0  # the reference's Inception features, benchmarks/results/cifar_fid_features_h200.json
 EAGER_FACTOR = 3.0
 LOAD_S = 30.0
