@@ -122,7 +122,8 @@ def check_row(variant: str, compiled_gradient, eager_gradient) -> dict:
     with full_fp32():
         a, b = compiled_gradient(), eager_gradient()
     per_image = (a - b).flatten(1).abs().amax(1) / b.flatten(1).abs().amax(1)
-    return dict(section="check", variant=variant, batch=len(a), relative_error=float((a - b).abs().max() / b.abs().max()),
+    return dict(section="check", variant=variant, batch=len(a),
+                relative_error=float((a - b).abs().max() / b.abs().max()),
                 images_within_bound=float((per_image < CHECK_BOUND).float().mean()), bound=CHECK_BOUND)
 
 
@@ -155,7 +156,8 @@ def noise_aware_rows(args, base: dict, device: torch.device) -> list[dict]:
         for bf16 in (True, False):
             rows.append(time_gradient(f"noise-aware {name}, {'bf16' if bf16 else 'fp32'}", gradient_of(module, bf16),
                                       batch=args.batch, repeats=max(args.repeats, 5), device=device))
-    rows.append(check_row("noise-aware compiled vs eager, fp32", gradient_of(compiled, False), gradient_of(eager, False)))
+    rows.append(check_row("noise-aware compiled vs eager, fp32", gradient_of(compiled, False),
+                          gradient_of(eager, False)))
     return rows
 
 
@@ -199,10 +201,12 @@ def main(argv=None) -> dict:
             for beta in (10.0, None):
                 name = f"{module_name}, {'bf16' if bf16 else 'fp32'}, {'Softplus β=10' if beta else 'ReLU'}"
                 gradient = guide_gradient(module, batch=args.batch, bf16=bf16, softplus_beta=beta, device=device)
-                rows.append(time_gradient(name, gradient, batch=args.batch, repeats=max(args.repeats, 5), device=device))
+                rows.append(time_gradient(name, gradient, batch=args.batch, repeats=max(args.repeats, 5),
+                                          device=device))
     for beta in (10.0, 3.0, None):  # the compiled guide computes the eager gradient (fp32; tests/unit/test_accel.py)
-        rows.append(check_row(f"compiled vs eager, fp32, β={beta}", *(
-            guide_gradient(m, batch=args.batch, bf16=False, softplus_beta=beta, device=device) for m in (compiled, eager))))
+        gradients = (guide_gradient(m, batch=args.batch, bf16=False, softplus_beta=beta, device=device)
+                     for m in (compiled, eager))
+        rows.append(check_row(f"compiled vs eager, fp32, β={beta}", *gradients))
     if args.noise_aware is not None:
         rows += noise_aware_rows(args, base, device)
     unguided = rows[0]["ms_per_step"]
