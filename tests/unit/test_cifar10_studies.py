@@ -430,6 +430,25 @@ def test_tiny_guidance_runs_the_diagnostic_units_and_skips_them_when_done(tiny_g
         "calibration__resnet32"]
 
 
+def test_a_noise_aware_guides_own_accuracy_is_its_t0_prediction_on_the_samples(tiny_guidance):
+    """ADM-G units report the guiding classifier's own accuracy beside the judge's: the noise-aware classifier at
+    t = 0 on the unit's samples, recomputed here from its release and the samples file (the same float32 CPU ops,
+    so the same argmax: equal exactly). That t = 0 is read, not another t, is the next test's: these tiny
+    classifiers barely depend on t."""
+    from diffguide.api import load_guidance_classifier
+
+    study, root, _ = tiny_guidance
+    unit = next(u.id for u in study.units if u.id.startswith("grid__adm_g_sece__"))
+    record = json.loads((root / "results" / f"{unit}.json").read_text())
+    with np.load(root / "cache" / study.name / "samples" / unit / "samples.npz") as data:
+        images, labels = data["arr_0"], data["arr_1"]
+    classifier, on = load_guidance_classifier(str(root / "cache" / study.name / "train" / "clf_sece" / "model"))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        predictions = classifier(x, torch.zeros(len(x), dtype=torch.long)).argmax(1).numpy()
+    assert on == "x_t" and record["guide_accuracy"] == float((predictions == labels).mean())
+
+
 def test_gradnorm_records_the_objectives_own_gradient_at_the_first_step(tiny_guidance):
     """At the first step x_t = x_T (the noise stream's first draw) whatever the guidance, so ‖∇J‖ there is the norm of
     ∇_{x_T} J(classifier(x_T, 999), y), computed here directly; the run's s·w(u) (EluCD: s = chosen, sine weight
@@ -540,3 +559,26 @@ def test_the_judge_runs_on_the_units_device_when_none_is_named(monkeypatch):
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     share = scoring.judge_accuracy("random:0", images, np.zeros(6, dtype=np.int64), None)
     assert loaded == [torch.device("cuda:3")] and 0 <= share <= 1
+
+
+def test_a_noise_aware_judge_reads_the_images_at_t0(tmp_path):
+    """``noise-aware:FOLDER`` (how a unit scores its noise-aware guide's own accuracy) is the classifier at t = 0:
+    its logits equal f(x, 0) exactly (the same CPU ops) and differ from f(x, 999), so a wrong timestep fails here
+    (the tiny study's classifiers barely depend on t)."""
+    from diffguide.checkpoints import save_network
+    from diffguide.nets import EncoderUNetModel
+    from diffguide.studies.cifar10.assets import load_judge
+
+    torch.manual_seed(0)
+    net = EncoderUNetModel(image_size=16, in_channels=3, model_channels=32, out_channels=10, num_res_blocks=1,
+                           attention_resolutions=(2,), channel_mult=(1, 2), num_head_channels=32, pool="attention")
+    with torch.no_grad():
+        for p in net.parameters():  # away from the zero-initialised output layers, so t changes the logits
+            p.normal_(0, 0.2)
+    folder = save_network(net.eval(), tmp_path / "clf")
+    judge = load_judge(f"noise-aware:{folder}")
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        logits = judge(x)
+        assert torch.equal(logits, net(x, torch.zeros(8, dtype=torch.long)))
+        assert not torch.allclose(logits, net(x, torch.full((8,), 999)), atol=1e-3)

@@ -43,16 +43,32 @@ class _TinyJudge(nn.Module):
         return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
+class AtCleanTimestep(nn.Module):
+    """A noise-aware classifier f(x_t, t) as a classifier of clean images: f(x, 0)."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x, torch.zeros(len(x), dtype=torch.long, device=x.device))
+
+
 def load_judge(spec: str, device=None):
-    """A classifier of clean images in [−1, 1]: ``cifar-resnet:PATH`` or ``random:SEED`` (the tiny stand-in)."""
+    """A classifier of clean images in [−1, 1]: ``cifar-resnet:PATH``, ``noise-aware:FOLDER`` (a noise-aware
+    classifier's release, read at t = 0) or ``random:SEED`` (the tiny stand-in)."""
     if spec.startswith("cifar-resnet:"):
         from ...classifiers import load_cifar_resnet
 
         return load_cifar_resnet(spec.split(":", 1)[1], device=device or "cpu")
+    if spec.startswith("noise-aware:"):
+        from ...api import load_guidance_classifier
+
+        return AtCleanTimestep(load_guidance_classifier(spec.split(":", 1)[1], device=device or "cpu")[0]).eval()
     if spec.startswith("random:"):
         torch.manual_seed(int(spec.split(":", 1)[1]))
         return _TinyJudge().eval().to(device or "cpu")
-    raise ValueError(f"judge: expected 'cifar-resnet:PATH' or 'random:SEED', got {spec!r}")
+    raise ValueError(f"judge: expected 'cifar-resnet:PATH', 'noise-aware:FOLDER' or 'random:SEED', got {spec!r}")
 
 
 def real_assets(shared=None, model=None, data=None, inception=None, classifiers=None) -> dict:

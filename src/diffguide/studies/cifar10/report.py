@@ -139,7 +139,9 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
                      + f" | {guide} | {cost} | {sum(bool(r.get('failed')) for r in rs)}/{len(rs)} |")
     lines += ["", "Judge: ResNet-56 in exact fp32. Units whose JSON has no `judge_device` ran it on the CPU (a study "
               "naming no device fell through to it), later ones on the unit's GPU; the two differ only where a "
-              "prediction is a near-tie (`benchmarks/metrics_overhead.py --judge` counts them)."]
+              "prediction is a near-tie (`benchmarks/metrics_overhead.py --judge` counts them). The guide's own "
+              "accuracy: the guiding classifier on the final samples (the x̂0 ResNets as trained, with ReLU; the "
+              "noise-aware ones at t = 0, recorded from the noise-aware arm's seed 1–3 runs on)."]
     lines += ["", "Cost: H200 sampling seconds per 1,000 samples at batch 2,500, the median over the seeds (the first "
               "unit of a process also compiles the network and the guide, ~30–40 s; the median leaves that one out)."]
     lines += [""] + plots.final_fid_figure(study, results, results_dir, out_path)

@@ -242,7 +242,7 @@ def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results
         record["diverged_share"] = samples.nonfinite_zeroed / len(samples.images)
         on, path = guide_source(study, spec["guide"], cache) if spec.get("guide") is not None else (None, None)
         scored = score(study, cache, device, samples.images, samples.labels, seed=unit.params["seed"],
-                       guide=path if on == "x0" else None)
+                       guide=None if path is None else path if on == "x0" else f"noise-aware:{path}")
         record.update(scored, timing={**record["timing"], **scored["timing"]})
     record["seconds"] = time.perf_counter() - start
     atomic_write_text(result_path(results_dir, unit), json.dumps(record, indent=2, default=str) + "\n")

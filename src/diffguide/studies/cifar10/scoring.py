@@ -1,5 +1,5 @@
 """Scoring one sampling unit of a CIFAR-10 study: Inception features, FID / KID / PRDC against the reference, and
-the accuracy of the judge (and of an off-the-shelf guide) on the samples. The networks and the reference are loaded
+the accuracy of the judge (and of the guide) on the samples. The networks and the reference are loaded
 once per process (:func:`diffguide.accel.kept`): a study scores hundreds of units against the same ones, which each
 unit used to load again."""
 
@@ -36,7 +36,7 @@ def judge(spec: str, device):
     from .assets import load_judge
 
     device = resolve_device(device)
-    weights = file_identity(spec.partition(":")[2]) if spec.startswith("cifar-resnet:") else None  # random: a seed
+    weights = None if spec.startswith("random:") else file_identity(spec.partition(":")[2])  # random: a seed
     return kept("judge", (spec, weights, str(device)), lambda: load_judge(spec, device))
 
 
@@ -62,7 +62,8 @@ def judge_predictions(spec: str, images: np.ndarray, device) -> np.ndarray:
 def score(study: Study, cache: Path, device, images: np.ndarray, labels: np.ndarray, *, seed: int,
           guide: str | None = None) -> dict:
     """{'metrics', 'judge_consistency', ['guide_accuracy',] 'timing'} of uint8 samples [N, H, W, C] with their
-    labels; ``guide``: the spec of an off-the-shelf guide whose own accuracy is reported beside the judge's."""
+    labels; ``guide``: the :func:`~.assets.load_judge` spec of the guide whose own accuracy is reported beside the
+    judge's (a noise-aware guide reads the samples at t = 0)."""
     from ...devices import resolve_device
     from ...metrics import evaluate_features
 
