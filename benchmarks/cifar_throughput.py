@@ -11,6 +11,9 @@
         --inception ../shared/assets/inception/inception-2015-12-05-fid-features.pt --out benchmarks/results/cifar_h200.json
     python benchmarks/cifar_throughput.py --model M --tiny --out /tmp/cifar.json      # a quick CPU check of the script
 
+``--qkv-layouts contiguous,strided`` adds fast training (batch 128) and sampling rows with the attention layout used
+before 2026-12-01 (SDPA's math kernel), side by side; ``--compile-modes`` other torch.compile modes for sampling.
+
 Prints a table per section and writes JSON (atomically) to ``--out``.
 """
 
@@ -32,6 +35,7 @@ from diffguide.guidance import ClassifierFree, Guidance
 from diffguide.io import atomic_write_text
 from diffguide.sampling import generate
 from diffguide.train import TrainConfig, train
+from common import add_qkv_layouts_argument, layout  # (this folder is on sys.path)
 
 
 def _sync(device):
@@ -147,6 +151,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--sample-batch", type=int, default=2500, help="sampling batch size of the fast path")
     parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
     parser.add_argument("--fast-only", action="store_true", help="skip the eager (previous) variants")
+    add_qkv_layouts_argument(parser)
     parser.add_argument("--compile-modes", default="default",
                         help="comma-separated torch.compile modes of the fast sampling variant, each a row (e.g. "
                              "'default,max-autotune-no-cudagraphs')")
@@ -162,20 +167,27 @@ def main(argv=None) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="cifar-throughput-"))
     if "train" in sections:
         interval = max(args.train_steps // 6, 1)
-        variants = ((8 if args.tiny else 128, False), (8 if args.tiny else 128, True), (args.big_batch, True))
-        for batch, fast in (v for v in variants if v[1] or not args.fast_only):
-            rows.append(bench_train(args.model, scratch / f"train-{len(rows)}", batch=batch, steps=args.train_steps,
-                                    interval=interval,
-                                    fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
+        small = 8 if args.tiny else 128
+        variants = ((small, False, args.qkv_layouts[0]), *((small, True, name) for name in args.qkv_layouts),
+                    (args.big_batch, True, args.qkv_layouts[0]))
+        for batch, fast, layout_name in (v for v in variants if v[1] or not args.fast_only):
+            with layout(layout_name):
+                rows.append(bench_train(args.model, scratch / f"train-{len(rows)}", batch=batch,
+                                        steps=args.train_steps, interval=interval,
+                                        fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
+            rows[-1]["qkv_layout"] = layout_name
             print(rows[-1], flush=True)
     if "sample" in sections:
         modes = [None if m == "default" else m for m in args.compile_modes.split(",")]
-        variants = ((256 if not args.tiny else 4, False, None), (args.sample_batch, False, None),
-                    *((args.sample_batch, True, mode) for mode in modes))
-        for batch, fast, mode in (v for v in variants if v[1] or not args.fast_only):
+        first = args.qkv_layouts[0]
+        variants = ((256 if not args.tiny else 4, False, None, first), (args.sample_batch, False, None, first),
+                    *((args.sample_batch, True, mode, name) for mode in modes for name in args.qkv_layouts))
+        for batch, fast, mode, layout_name in (v for v in variants if v[1] or not args.fast_only):
             model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
-            rows.append(bench_sample(model, num_samples=args.num_samples, batch=batch,
-                                     fast=fast and device.type == "cuda", device=device, compile_mode=mode))
+            with layout(layout_name):
+                rows.append(bench_sample(model, num_samples=args.num_samples, batch=batch,
+                                         fast=fast and device.type == "cuda", device=device, compile_mode=mode))
+            rows[-1]["qkv_layout"] = layout_name
             print(rows[-1], flush=True)
     if "fid" in sections and args.inception:
         variants = (((64, False, False), (64, True, False), (250, True, False), (500, True, False), (250, True, True),
@@ -189,9 +201,11 @@ def main(argv=None) -> dict:
     print(f"\n{result['device_name']}, torch {torch.__version__}")
     print(f"{'section':<7} {'fast':<5} {'batch':>6} {'images/s':>10}  notes")
     for r in rows:
-        notes = {"train": lambda: f"{r['steps_per_s']:.1f} steps/s, first interval {r['first_interval_s']:.0f} s",
+        notes = {"train": lambda: f"{r['steps_per_s']:.1f} steps/s, first interval {r['first_interval_s']:.0f} s"
+                          f", {r['qkv_layout']} q/k/v",
                  "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s"
-                                   + (f", compile mode {r['compile_mode']}" if r.get("compile_mode") else ""),
+                                   + (f", compile mode {r['compile_mode']}" if r.get("compile_mode") else "")
+                                   + f", {r['qkv_layout']} q/k/v",
                  "fid": lambda: f"{r['num_images']} images" + (", channels-last, features within "
                                   f"{r['max_abs_feature_change_vs_default_layout']:.2g} of the default layout"
                                   if r.get("channels_last") else "")}[r["section"]]()

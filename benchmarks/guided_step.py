@@ -48,6 +48,7 @@ from diffguide.api import SampleSettings, load_guidance_classifier, sample
 from diffguide.guidance.classifier import SoftplusForReLU
 from diffguide.io import atomic_write_text
 from diffguide.metrics.inception import full_fp32
+from common import add_study_arguments  # (this folder is on sys.path)
 
 ELUCD = dict(objective="baseline", objective_params={"tau1": 1.0, "tau2": 0.5}, schedule="sine",
              schedule_params={"gamma": 0.3}, guidance_rule="elucd", classifier_scale=0.5)
@@ -159,13 +160,6 @@ def noise_aware_rows(args, base: dict, device: torch.device) -> list[dict]:
     rows.append(check_row("noise-aware compiled vs eager, fp32", gradient_of(compiled, False),
                           gradient_of(eager, False)))
     return rows
-
-
-def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model, --resnet and --batch: the CIFAR-10 study's network, guide and batch (shared with profile_sample.py)."""
-    parser.add_argument("--model", type=Path, required=True, help="the CIFAR-10 base model's release folder")
-    parser.add_argument("--resnet", type=Path, required=True, help="the CIFAR ResNet-32 .th file that guides")
-    parser.add_argument("--batch", type=int, default=2500, help="images per batch (the studies' batch on a GPU)")
 
 
 def main(argv=None) -> dict:

@@ -7,6 +7,8 @@ against wall time, the kernels grouped by kind, and the top kernels; writes it a
         --resnet PATH/cifar10-resnet32-d509ac18.th --out benchmarks/results/profile_sample_b2500_h200.txt
     python benchmarks/profile_sample.py --model ... --resnet ... --tiny --out /tmp/p.txt   # a CPU check
 
+``--qkv-layouts contiguous,strided`` profiles each setting with both attention layouts (common.py).
+
 The kinds: convolutions and matrix products (cuDNN / cuBLAS / CUTLASS kernels), attention (flash / memory-efficient
 SDPA), inductor's fused Triton kernels (normalisation, activations, casts), copies, and everything else.
 """
@@ -24,7 +26,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from diffguide.api import SampleSettings, sample
 from diffguide.io import atomic_write_text
-from guided_step import ELUCD, add_study_arguments  # (this folder is on sys.path)
+from common import add_qkv_layouts_argument, add_study_arguments, layout  # (this folder is on sys.path)
+from guided_step import ELUCD
 
 KINDS = (("attention", r"flash|fmha|attention|efficient_attention"),
          ("conv / matmul", r"conv|gemm|xmma|cutlass|sm\d+_|wgrad|dgrad|fprop|cublas|implicit"),
@@ -69,6 +72,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(parser)
     parser.add_argument("--steps", type=int, default=10, help="DDPM steps profiled per setting")
+    add_qkv_layouts_argument(parser)
     parser.add_argument("--tiny", action="store_true", help="batch 2, 2 steps: a CPU check of the script")
     parser.add_argument("--out", type=Path, required=True, help="text output path")
     args = parser.parse_args(argv)
@@ -83,7 +87,11 @@ def main(argv=None) -> None:
                                                        **ELUCD, softplus_beta=10.0)}
     header = [f"# sampling profile: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, "
               f"torch {torch.__version__}, bf16 autocast {device == 'cuda'}", ""]
-    lines = header + [line for name, s in settings.items() for line in profile_setting(name, s, device)]
+    lines = list(header)
+    for layout_name in args.qkv_layouts:
+        with layout(layout_name):
+            for name, s in settings.items():
+                lines += profile_setting(f"{name}, {layout_name} q/k/v", s, device)
     print("\n".join(lines))
     atomic_write_text(args.out, "\n".join(lines) + "\n")
 

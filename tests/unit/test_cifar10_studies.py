@@ -582,3 +582,27 @@ def test_a_noise_aware_judge_reads_the_images_at_t0(tmp_path):
         logits = judge(x)
         assert torch.equal(logits, net(x, torch.zeros(8, dtype=torch.long)))
         assert not torch.allclose(logits, net(x, torch.full((8,), 999)), atol=1e-3)
+
+
+def test_a_study_runs_its_units_with_the_attention_layout_it_pins(tmp_path, monkeypatch):
+    """The library's attention hands SDPA q, k, v contiguous in the head dimension, but a study keeps the layout
+    its units have run with (plan.ATTENTION_QKV_CONTIGUOUS: strided) until an amendment switches it; each unit's
+    JSON says which. Checked on what the tiny study's sampling network hands SDPA, and that the library's default
+    is back once the command is over."""
+    import diffguide.nets.adm as adm
+    from diffguide.studies.cifar10 import plan
+
+    study = guidance_study(tiny_assets(tmp_path / "assets"), tiny=True)  # (its stand-in model trains unpinned)
+    seen = []
+    original = adm.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append(q.stride(-1) == 1)
+        return original(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(adm.F, "scaled_dot_product_attention", spy)
+    run_next(study, tmp_path / "cache", tmp_path / "results", budget_s=600, only=["reference", "grid__none__*"])
+    record = json.loads(next((tmp_path / "results").glob("grid__none__*.json")).read_text())
+    assert plan.ATTENTION_QKV_CONTIGUOUS is False and record["attention_qkv"] == "strided"
+    assert seen and not any(seen)
+    assert adm.QKV_CONTIGUOUS is True

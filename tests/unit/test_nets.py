@@ -40,6 +40,38 @@ def test_split_qkv_channel_layouts():
                     assert (part[0, h, :, i] == index).all()
 
 
+@pytest.mark.parametrize("legacy", [True, False])
+def test_attention_runs_the_fused_kernel_not_the_math_fallback(monkeypatch, legacy):
+    """q, k, v come out contiguous in the head dimension, so scaled_dot_product_attention takes its fused kernel
+    (here the CPU's flash kernel) instead of its math fallback (batched matmuls, a materialised softmax, float32 for
+    bf16 inputs); with the old strided layout the fallback runs (asserted, so the test can fail), computing the
+    same attention (to float32 rounding: sums of T = 64 terms, 1e-5)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import diffguide.nets.adm as adm
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 3 * 4 * 32, 64)  # 4 heads of 32 channels, 8x8 positions
+    outputs = {}
+    for contiguous in (True, False):
+        monkeypatch.setattr(adm, "QKV_CONTIGUOUS", contiguous)
+        assert all(part.stride(-1) == 1 for part in split_qkv(qkv, 4, legacy)) == contiguous
+        with Ops() as ops:
+            outputs[contiguous] = qkv_attention(qkv, 4, legacy)
+        fused = "_scaled_dot_product_flash_attention_for_cpu" in ops.names
+        assert (fused, "bmm" in ops.names) == ((True, False) if contiguous else (False, True)), ops.names
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=1e-5, atol=1e-5)
+
+
 def _attention_reference(q, k, v):
     """softmax(qᵀk/√c) v for q, k, v [c, T] (one head), written out with matmuls."""
     weights = torch.softmax(q.T @ k / math.sqrt(q.shape[0]), dim=-1)  # [T, S]

@@ -3,11 +3,13 @@
 Constructor arguments and state-dict keys are the original ones, so the released ``.pt`` files load unchanged.
 Inference-oriented: ``use_checkpoint`` and ``use_fp16`` are accepted and recorded but change nothing (no gradient
 checkpointing; run in bf16/fp16 with ``torch.autocast``). Attention runs through
-``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU); GroupNorm always computes in float32.
+``F.scaled_dot_product_attention`` on q, k, v contiguous in the head dimension, so that its fused kernels run (flash /
+memory-efficient on GPU, flash on the CPU; :data:`QKV_CONTIGUOUS`); GroupNorm always computes in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from typing import Iterable, Sequence
@@ -142,8 +144,30 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
+QKV_CONTIGUOUS = True
+"""q, k, v are views of one [B, T, 3·H·c] copy of the projection, contiguous in c (True), or views of the projection
+as it comes, [B, 3·H·c, T], whose c has stride T (False: the layout before 2026-12-01, kept for benchmarks'
+side-by-side rows). ``F.scaled_dot_product_attention`` runs its fused kernels (flash, memory-efficient; on the CPU
+its flash kernel) only when the last dimension is contiguous; otherwise it falls back to the math kernel: batched
+matmuls and a materialised T×T softmax, computed in float32 for bf16 inputs (no tensor cores on a GPU; the CPU's
+dispatch log and the H200 training profile's float32 GEMMs, benchmarks/results/profile_train_b128_h200.txt)."""
+
+
+@contextlib.contextmanager
+def qkv_layout(contiguous: bool):
+    """Within the context :data:`QKV_CONTIGUOUS` is ``contiguous`` (a study keeps the layout its units ran with).
+    A compiled network guards on it, so it recompiles for the other layout instead of reusing a graph."""
+    global QKV_CONTIGUOUS
+    saved, QKV_CONTIGUOUS = QKV_CONTIGUOUS, contiguous
+    try:
+        yield
+    finally:
+        QKV_CONTIGUOUS = saved
+
+
 def split_qkv(qkv: Tensor, num_heads: int, legacy: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Split a fused projection [B, 3·H·c, T] into q, k, v of shape [B, H, T, c].
+    """Split a fused projection [B, 3·H·c, T] into q, k, v of shape [B, H, T, c] (contiguous in c: see
+    :data:`QKV_CONTIGUOUS`).
 
     Legacy order (``QKVAttentionLegacy``): channel index = h·3c + j·c + i (heads outermost, q/k/v inside each head).
     New order (``QKVAttention``): channel index = j·H·c + h·c + i (q, k, v outermost).
@@ -153,6 +177,8 @@ def split_qkv(qkv: Tensor, num_heads: int, legacy: bool) -> tuple[Tensor, Tensor
         raise ValueError(f"attention: {width} qkv channels do not split into 3 x {num_heads} heads")
     ch = width // (3 * num_heads)
     per_position = qkv.transpose(1, 2)  # [B, T, 3Hc]
+    if QKV_CONTIGUOUS:
+        per_position = per_position.contiguous()
     if legacy:
         q, k, v = per_position.reshape(batch, length, num_heads, 3, ch).unbind(3)
     else:

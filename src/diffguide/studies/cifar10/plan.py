@@ -41,6 +41,13 @@ def sampling_variance(sampler: str) -> str | None:
     return DDPM_VARIANCE if sampler == "ddpm" else None
 
 
+ATTENTION_QKV_CONTIGUOUS = False
+"""The attention layout every unit of both studies runs with (:func:`diffguide.nets.adm.qkv_layout`; recorded in
+each unit's JSON as ``attention_qkv``): "strided", the layout all their units so far ran with (SDPA's math
+kernel), though the library's default is now "contiguous" (its fused kernels: the same function to bf16 rounding,
+faster). Switching a study mid-way changes its networks' rounding between units that claims compare, so it is an
+amendment of its own, made only after the H200 has measured the gain and before any unit runs with it."""
+
 CFG_STEP_S = 1.0 / (205 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
 GUIDED_FACTOR = 1.3
 TRAIN_IMG_S = 4683.0

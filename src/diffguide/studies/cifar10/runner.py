@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from ...io import atomic_write_text
-from .plan import Unit, sampling_variance
+from ...nets.adm import qkv_layout
+from .plan import ATTENTION_QKV_CONTIGUOUS, Unit, sampling_variance
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
 GRID_GROUPS = ("grid", "wcurve")
@@ -205,7 +206,7 @@ def environment(study: Study) -> dict:
     cuda = torch.cuda.is_available() and str(study.assets.get("device") or "cuda").startswith("cuda")
     return {"gpu": torch.cuda.get_device_name() if cuda else f"none (CPU: {platform.processor() or 'unknown'})",
             "torch": torch.__version__, "precision": "bf16 autocast" if study.assets["bf16"] else "fp32",
-            "tiny": study.tiny}
+            "attention_qkv": "contiguous" if ATTENTION_QKV_CONTIGUOUS else "strided", "tiny": study.tiny}
 
 
 MACHINE_ERRORS = (torch.OutOfMemoryError, torch._dynamo.exc.TorchDynamoException,
@@ -414,16 +415,17 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
         if remaining <= 0 or (unit.kind not in TRAINING_KINDS and estimate > remaining):
             break
         ran.append(unit.id)
-        if unit.kind == "sample":
-            run_sample(study, unit, cache, results_dir, results)
-        elif unit.kind == "reference":
-            run_reference(study, cache)
-        elif unit.kind in DIAGNOSTIC_KINDS:
-            _run_diagnostic(study, unit, cache, results_dir, results)
-        elif unit.kind == "calibrate":
-            run_calibration_finetune(study, unit, cache)
-        elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
-            break
+        with qkv_layout(ATTENTION_QKV_CONTIGUOUS):  # the layout the study's units run with (plan.py)
+            if unit.kind == "sample":
+                run_sample(study, unit, cache, results_dir, results)
+            elif unit.kind == "reference":
+                run_reference(study, cache)
+            elif unit.kind in DIAGNOSTIC_KINDS:
+                _run_diagnostic(study, unit, cache, results_dir, results)
+            elif unit.kind == "calibrate":
+                run_calibration_finetune(study, unit, cache)
+            elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
+                break
         finished.append(unit.id)
         results = load_results(results_dir)  # what the unit wrote decides what is ready next
     print(describe(study, cache_dir, results_dir))

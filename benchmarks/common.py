@@ -1,0 +1,41 @@
+"""What several benchmarks share: the CIFAR-10 study's arguments, and the attention layouts to time side by side.
+(Run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``.)"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diffguide.nets.adm import qkv_layout
+
+QKV_LAYOUTS = {"contiguous": True, "strided": False}
+"""The attention q/k/v layouts (:data:`diffguide.nets.adm.QKV_CONTIGUOUS`): contiguous, the default (SDPA's fused
+kernels), and strided, the layout before 2026-12-01 (its math kernel)."""
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --resnet and --batch: the CIFAR-10 study's network, guide and batch."""
+    parser.add_argument("--model", type=Path, required=True, help="the CIFAR-10 base model's release folder")
+    parser.add_argument("--resnet", type=Path, required=True, help="the CIFAR ResNet-32 .th file that guides")
+    parser.add_argument("--batch", type=int, default=2500, help="images per batch (the studies' batch on a GPU)")
+
+
+def _layouts(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in QKV_LAYOUTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(QKV_LAYOUTS)}, got {text!r}")
+    return names
+
+
+def add_qkv_layouts_argument(parser: argparse.ArgumentParser, default: str = "contiguous") -> None:
+    """--qkv-layouts: the attention layouts to time, each its own rows, in one process."""
+    parser.add_argument("--qkv-layouts", type=_layouts, default=_layouts(default),
+                        help="comma-separated attention q/k/v layouts, each its own rows: contiguous (the default: "
+                             "SDPA's fused kernels) and strided (the layout before 2026-12-01: its math kernel) "
+                             f"[default: {default}]")
+
+
+def layout(name: str):
+    """The context in which networks run attention with the layout ``name`` (:data:`QKV_LAYOUTS`)."""
+    return qkv_layout(QKV_LAYOUTS[name])
