@@ -46,7 +46,16 @@ ATTENTION_QKV_CONTIGUOUS = False
 each unit's JSON as ``attention_qkv``): "strided", the layout all their units so far ran with (SDPA's math
 kernel), though the library's default is now "contiguous" (its fused kernels: the same function to bf16 rounding,
 faster). Switching a study mid-way changes its networks' rounding between units that claims compare, so it is an
-amendment of its own, made only after the H200 has measured the gain and before any unit runs with it."""
+amendment of its own, made only after the H200 has measured the gain and before any unit runs with it.
+
+The rule for that amendment, fixed now (2026-12-01, before any measurement): if the H200 times the guidance study's
+guided DDPM step at batch 2,500 (benchmarks/profile_sample.py or guided_step.py, both layouts in one run) at least
+10% faster with the contiguous layout, both studies' sampling units switch to it. The seed 1–3 finals already run
+strided (guidance study: no guidance, CFG, EluCD ResNet-32, reverse KL; 12 units) are then run again contiguous,
+their strided JSONs kept apart and reported beside them, so that every claim and the main table compare units of
+one layout; seed-0 grids, trained classifiers and calibration units are kept (they choose scales and classifiers
+and compare nothing). The aligned study's seed-0 standard curve (6 units) is run again likewise, and its training
+units keep the strided layout of the standard arm they are compared with. Below 10%, nothing changes."""
 
 CFG_STEP_S = 1.0 / (205 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
 GUIDED_FACTOR = 1.3
