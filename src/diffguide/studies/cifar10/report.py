@@ -48,8 +48,10 @@ def header(study: Study, results: dict, title: str, protocol: str) -> list[str]:
     if env is None:
         lines += ["**Environment**: not yet run (no metrics JSON yet).", ""]
     else:
-        lines += [f"**Environment**: GPU {env['gpu']}, torch {env['torch']}, precision {env['precision']}"
-                  + (" — **TINY CPU CHECK, NOT CIFAR-10 EVIDENCE**" if env.get("tiny") else "") + ".", ""]
+        layouts = sorted({r.get("attention_qkv", "strided") for r in results.values()})
+        lines += [f"**Environment**: GPU {env['gpu']}, torch {env['torch']}, precision {env['precision']}, "
+                  f"attention q/k/v {' and '.join(layouts)} (plan.ATTENTION_QKV_CONTIGUOUS; strided: SDPA's math "
+                  "kernel)" + (" — **TINY CPU CHECK, NOT CIFAR-10 EVIDENCE**" if env.get("tiny") else "") + ".", ""]
     return lines
 
 
