@@ -269,3 +269,30 @@ def test_compiled_guided_sampling_equals_eager_sampling(monkeypatch):
     unguided_change = relative_error(run(False, guided=False), eager)
     print(f"guided vs unguided: {unguided_change:.3g} relative")
     assert unguided_change > 1e-2
+
+
+def test_a_compiled_network_recompiles_for_the_other_attention_layout():
+    """``qkv_layout`` flips a module global that the traced attention reads: the compiler must guard on it and trace
+    again (else a benchmark's strided rows, or a study pinned to strided, would silently run the contiguous graph).
+    Checked with a backend that records each graph: the second layout gets its own graph, which has the
+    ``contiguous`` call exactly when the layout is contiguous, and going back reuses the first graph."""
+    from diffguide.nets.adm import qkv_layout
+
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(any(node.target == "contiguous" for node in gm.graph.nodes))
+        return gm.forward
+
+    torch.manual_seed(0)
+    net = UNetModel(**TINY).eval()
+    for p in net.parameters():  # away from ADM's zero-initialised output layers
+        p.data.normal_(0, 0.05)
+    compiled = torch.compile(net, backend=recording_backend, dynamic=False)
+    x, t, y = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        for contiguous in (True, False, True):
+            with qkv_layout(contiguous):
+                out = compiled(x, t, y)
+                assert relative_error(out, net(x, t, y)) < BOUND
+    assert graphs == [True, False]
