@@ -21,7 +21,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _layouts(text: str) -> list[str]:
-    names = text.split(",")
+    names = text.split(",") if text else []
     unknown = [n for n in names if n not in QKV_LAYOUTS]
     if unknown:
         raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(QKV_LAYOUTS)}, got {text!r}")
@@ -33,7 +33,7 @@ def add_qkv_layouts_argument(parser: argparse.ArgumentParser, default: str = "co
     parser.add_argument("--qkv-layouts", type=_layouts, default=_layouts(default),
                         help="comma-separated attention q/k/v layouts, each its own rows: contiguous (the default: "
                              "SDPA's fused kernels) and strided (the layout before 2026-12-01: its math kernel) "
-                             f"[default: {default}]")
+                             f"[default: {default or 'none'}]")
 
 
 def layout(name: str):

@@ -12,7 +12,9 @@ compilation):
   compiled: bf16 autocast against fp32, Softplus against ReLU;
 - ``check``: the compiled guide's gradient against the eager one in exact fp32 (TF32 off) at β = 10, 3 and ReLU
   (bound 1e-4 relative, derived in tests/unit/test_accel.py), over the batch and the share of images within it;
-- with ``--noise-aware``: the same for ADM-G (a noise-aware classifier on x_t, as the study's ``adm_g_*`` methods).
+- with ``--noise-aware``: the same for ADM-G (a noise-aware classifier on x_t, as the study's ``adm_g_*`` methods);
+- with ``--qkv-layouts contiguous,strided``: the unguided and the β = 10 ``sample`` rows again in each attention
+  layout (common.py), for the studies' layout rule (src/diffguide/studies/cifar10/plan.py).
 
 The first H200 run (2026-12-01, before the guide was compiled;
 ``benchmarks/results/guided_step_eager_guide_h200.json``) found the eager guide's gradient alone (36.7 ms) to be
@@ -48,7 +50,7 @@ from diffguide.api import SampleSettings, load_guidance_classifier, sample
 from diffguide.guidance.classifier import SoftplusForReLU
 from diffguide.io import atomic_write_text
 from diffguide.metrics.inception import full_fp32
-from common import add_study_arguments  # (this folder is on sys.path)
+from common import add_qkv_layouts_argument, add_study_arguments, layout  # (this folder is on sys.path)
 
 ELUCD = dict(objective="baseline", objective_params={"tau1": 1.0, "tau2": 0.5}, schedule="sine",
              schedule_params={"gamma": 0.3}, guidance_rule="elucd", classifier_scale=0.5)
@@ -167,6 +169,7 @@ def main(argv=None) -> dict:
     add_study_arguments(parser)
     parser.add_argument("--steps", type=int, default=20, help="DDPM steps per timed sample() call")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (the median is reported)")
+    add_qkv_layouts_argument(parser, default="")
     parser.add_argument("--noise-aware", type=Path, default=None,
                         help="a noise-aware classifier (a `diffguide train-classifier` model folder, e.g. the guidance "
                              "study's clf_base): adds ADM-G rows")
@@ -188,6 +191,12 @@ def main(argv=None) -> dict:
                           repeats=args.repeats, device=device),
              bench_sample("EluCD ResNet-32, ReLU (default)", SampleSettings(**guided, softplus_beta=None),
                           repeats=args.repeats, device=device)]
+    for layout_name in args.qkv_layouts:  # the attention layouts side by side (the rows above: contiguous)
+        with layout(layout_name):
+            rows += [bench_sample(f"unguided, {layout_name} q/k/v", SampleSettings(**base), repeats=args.repeats,
+                                  device=device),
+                     bench_sample(f"EluCD ResNet-32 β=10, {layout_name} q/k/v",
+                                  SampleSettings(**guided, softplus_beta=10.0), repeats=args.repeats, device=device)]
     eager, _ = load_guidance_classifier(f"cifar-resnet:{args.resnet}", device=device)
     compiled = fast_module(copy.deepcopy(eager), fast=device.type == "cuda")  # (fast_module makes it channels-last)
     for module_name, module in (("eager", eager), ("compiled", compiled)):
