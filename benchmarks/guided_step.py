@@ -88,9 +88,17 @@ def eager_guide():
         api._guide_module = original
 
 
-def guide_gradient(module, *, batch: int, bf16: bool, softplus_beta: float | None, device: torch.device):
-    """A function computing ∇_x Σ log_softmax(f(x))_y for one fixed random batch x̂0 (forward + backward)."""
-    x = torch.rand(batch, 3, 32, 32, device=device, generator=torch.Generator(device).manual_seed(0)) * 2 - 1
+def guide_gradient(module, *, batch: int, bf16: bool, device: torch.device, softplus_beta: float | None = None,
+                   noise_aware: bool = False):
+    """A function computing ∇_x Σ log_softmax(f(x))_y for one fixed random batch (forward + backward): x̂0 uniform
+    in [−1, 1] for an off-the-shelf guide f(x), with its ReLUs as Softplus(``softplus_beta``) unless None; or, with
+    ``noise_aware``, x_t ~ N(0, I) at timesteps spread over [0, 1000) for a noise-aware guide f(x_t, t)."""
+    generator = torch.Generator(device).manual_seed(0)
+    if noise_aware:
+        x = torch.randn(batch, 3, 32, 32, device=device, generator=generator)
+        t = torch.arange(batch, device=device) * 997 % 1000
+    else:
+        x = torch.rand(batch, 3, 32, 32, device=device, generator=generator) * 2 - 1
     y = torch.arange(batch, device=device) % 10
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -98,7 +106,8 @@ def guide_gradient(module, *, batch: int, bf16: bool, softplus_beta: float | Non
         x_in = x.detach().requires_grad_(True)
         swap = SoftplusForReLU(softplus_beta) if softplus_beta is not None else contextlib.nullcontext()
         with autocast, swap:
-            logp = torch.log_softmax(module(x_in).float(), 1).gather(1, y[:, None]).sum()
+            logits = module(x_in, t) if noise_aware else module(x_in)
+            logp = torch.log_softmax(logits.float(), 1).gather(1, y[:, None]).sum()
         return torch.autograd.grad(logp, x_in)[0]
 
     return gradient
@@ -140,20 +149,9 @@ def noise_aware_rows(args, base: dict, device: torch.device) -> list[dict]:
     rows.append(bench_sample("ADM-G noise-aware s=0.5 (default)", settings, repeats=args.repeats, device=device))
     eager, _ = load_guidance_classifier(str(args.noise_aware), device=device)
     compiled = fast_module(copy.deepcopy(eager), fast=device.type == "cuda")
-    x = torch.randn(args.batch, 3, 32, 32, device=device, generator=torch.Generator(device).manual_seed(0))
-    t = torch.arange(args.batch, device=device) * 997 % 1000
-    y = torch.arange(args.batch, device=device) % 10
 
     def gradient_of(module, bf16: bool):
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-        def gradient():
-            x_in = x.detach().requires_grad_(True)
-            with autocast:
-                logp = torch.log_softmax(module(x_in, t).float(), 1).gather(1, y[:, None]).sum()
-            return torch.autograd.grad(logp, x_in)[0]
-
-        return gradient
+        return guide_gradient(module, batch=args.batch, bf16=bf16, device=device, noise_aware=True)
 
     for name, module in (("eager", eager), ("compiled", compiled)):
         for bf16 in (True, False):

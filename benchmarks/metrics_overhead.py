@@ -168,8 +168,9 @@ def measure(args, network: str, device: torch.device) -> dict:
         judge_values = {"judge_predictions_differing": int((judge_old != judge_new).sum())}
     else:
         judge_values = {}
-    values = {**judge_values, "trace_sqrt_old": root_old, "trace_sqrt_new": root_new, "kid_old": kid_old, "kid_new": kid_new,
-              "prdc_old": prdc_old.__dict__, "prdc_new_cold": prdc_cold.__dict__, "prdc_new_warm": prdc_warm.__dict__}
+    values = {**judge_values, "trace_sqrt_old": root_old, "trace_sqrt_new": root_new, "kid_old": kid_old,
+              "kid_new": kid_new, "prdc_old": prdc_old.__dict__, "prdc_new_cold": prdc_cold.__dict__,
+              "prdc_new_warm": prdc_warm.__dict__}
     environment = {"device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
                    "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                    "torch": torch.__version__, "network": "stand-in" if args.inception is None else args.inception}
