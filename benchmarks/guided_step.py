@@ -171,9 +171,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--noise-aware", type=Path, default=None,
                         help="a noise-aware classifier (a `diffguide train-classifier` model folder, e.g. the guidance "
                              "study's clf_base): adds ADM-G rows")
+    parser.add_argument("--layouts-only", action="store_true",
+                        help="only the --qkv-layouts rows (the layout rule's measurement, a few minutes on the H200)")
     parser.add_argument("--tiny", action="store_true", help="batch 4, 2 steps, 1 repeat: a CPU check of the script")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
     args = parser.parse_args(argv)
+    if args.layouts_only and not args.qkv_layouts:
+        parser.error("--layouts-only: needs --qkv-layouts (e.g. contiguous,strided)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
         args.batch, args.steps, args.repeats = 4, 2, 1
@@ -181,6 +185,27 @@ def main(argv=None) -> dict:
                 sampler="ddpm", steps=str(args.steps), bf16=device.type == "cuda", variance="fixed_small",
                 on_nonfinite="zero")
     guided = dict(base, x0_classifier=f"cifar-resnet:{args.resnet}", **ELUCD)
+    rows = layout_rows(args, base, guided, device)
+    if not args.layouts_only:
+        rows = general_rows(args, base, guided, device) + rows
+    return print_and_write(args, rows, device)
+
+
+def layout_rows(args, base: dict, guided: dict, device: torch.device) -> list[dict]:
+    """The unguided and the β = 10 ``sample`` rows in each of ``--qkv-layouts`` (the studies' layout rule)."""
+    rows = []
+    for layout_name in args.qkv_layouts:
+        with layout(layout_name):
+            rows += [bench_sample(f"unguided, {layout_name} q/k/v", SampleSettings(**base), repeats=args.repeats,
+                                  device=device),
+                     bench_sample(f"EluCD ResNet-32 β=10, {layout_name} q/k/v",
+                                  SampleSettings(**guided, softplus_beta=10.0), repeats=args.repeats, device=device)]
+    return rows
+
+
+def general_rows(args, base: dict, guided: dict, device: torch.device) -> list[dict]:
+    """``sample`` (unguided, EluCD eager / compiled guide, ReLU), ``gradient`` and ``check`` rows, and with
+    ``--noise-aware`` the ADM-G rows."""
     rows = [bench_sample("unguided", SampleSettings(**base), repeats=args.repeats, device=device)]
     with eager_guide():
         rows.append(bench_sample("EluCD ResNet-32 β=10, guide eager", SampleSettings(**guided, softplus_beta=10.0),
@@ -189,12 +214,6 @@ def main(argv=None) -> dict:
                           repeats=args.repeats, device=device),
              bench_sample("EluCD ResNet-32, ReLU (default)", SampleSettings(**guided, softplus_beta=None),
                           repeats=args.repeats, device=device)]
-    for layout_name in args.qkv_layouts:  # the attention layouts side by side (the rows above: contiguous)
-        with layout(layout_name):
-            rows += [bench_sample(f"unguided, {layout_name} q/k/v", SampleSettings(**base), repeats=args.repeats,
-                                  device=device),
-                     bench_sample(f"EluCD ResNet-32 β=10, {layout_name} q/k/v",
-                                  SampleSettings(**guided, softplus_beta=10.0), repeats=args.repeats, device=device)]
     eager, _ = load_guidance_classifier(f"cifar-resnet:{args.resnet}", device=device)
     compiled = fast_module(copy.deepcopy(eager), fast=device.type == "cuda")  # (fast_module makes it channels-last)
     for module_name, module in (("eager", eager), ("compiled", compiled)):
@@ -210,6 +229,11 @@ def main(argv=None) -> dict:
         rows.append(check_row(f"compiled vs eager, fp32, β={beta}", *gradients))
     if args.noise_aware is not None:
         rows += noise_aware_rows(args, base, device)
+    return rows
+
+
+def print_and_write(args, rows: list[dict], device: torch.device) -> dict:
+    """The table (sample rows as a ratio to the first, unguided row) and the JSON at ``--out``."""
     unguided = rows[0]["ms_per_step"]
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"batch {args.batch}")
