@@ -8,7 +8,7 @@
 #   bash scripts/gpu_study_step.sh import STUDY UNIT FOLDER        # a trained unit brought back earlier, into the cache
 # Here (the machine the pieces came back to):
 #   bash scripts/gpu_study_step.sh receive STUDY UNIT CACHE SHA256 PIECE...  # join, check, unpack into CACHE/STUDY/train
-#   bash scripts/gpu_study_step.sh results STUDY TGZ               # unpack returned metrics JSONs into docs/results/STUDY
+#   bash scripts/gpu_study_step.sh results STUDY TGZ               # unpack returned JSONs + unit PNGs into docs/results/STUDY
 # STUDY: cifar10_guidance or cifar10_cfg_aligned.
 set -euo pipefail
 STAGE=${STAGE:-/root/stage} RESULTS=${RESULTS:-/root/results} CACHE=${CACHE:-$HOME/.cache/diffguide-studies}
@@ -50,7 +50,11 @@ case "$step" in
     tar xf "$tmp/$name" -C "$cache/$study/train" && rm -r "$tmp" && echo "ready: $cache/$study/train/$unit" ;;
   results)
     tmp=$(mktemp -d); tar xzf "${3:?TGZ}" -C "$tmp"; mkdir -p "docs/results/$study"
-    for f in "$tmp/$study"/*.json; do [ -e "docs/results/$study/$(basename "$f")" ] || cp "$f" "docs/results/$study/"; done
+    # metrics JSONs and the units' own pictures (sample grids, calibration); the report redraws its figure_*.png
+    for f in "$tmp/$study"/*.json "$tmp/$study"/*.png; do
+      case "$(basename "$f")" in figure_*|'*.json'|'*.png') continue ;; esac
+      [ -e "docs/results/$study/$(basename "$f")" ] || cp "$f" "docs/results/$study/"
+    done
     rm -r "$tmp"; ls "docs/results/$study" | wc -l ;;
   *) echo "step: expected run, export, import, receive or results, got '$step'" >&2; exit 2 ;;
 esac

@@ -140,14 +140,15 @@ def run_calibration(study: Study, unit: Unit, cache: Path, results_dir: Path, re
     if on == "x_t":
         noised = evaluate_calibration(module, batches, noise_aware=True, timesteps=p["timesteps"], num_bins=NUM_BINS)
         record["noised"] = {"pooled": noised["summary"], "ece_t": noised["ece_t"], "seed": noised["seed"]}
-    record["plots"] = _plots(record, Path(results_dir), unit.id)
+    record["plots"] = draw_plots(record, Path(results_dir), unit.id)
     record["seconds"] = time.perf_counter() - start
     atomic_write_text(result_path(results_dir, unit), json.dumps(record, indent=2) + "\n")
     return record
 
 
-def _plots(record: dict, folder: Path, uid: str) -> dict:
-    """Reliability diagrams of the guide as it guides (clean, trajectory pooled, noised pooled) and its ECE_t."""
+def draw_plots(record: dict, folder: Path, uid: str) -> dict:
+    """Reliability diagrams of the guide as it guides (clean, trajectory pooled, noised pooled) and its ECE_t, drawn
+    from a calibration record alone (the unit draws them; the report redraws any that did not come back)."""
     view = next(iter(record["clean"]))
     where = "x̂0" if record["on"] == "x0" else "x_t"
     panels = {"clean": (record["clean"][view], "clean test images"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .calibration import draw_plots
 from .runner import Study, chosen_scale
 
 __all__ = ["image_link", "calibration_section", "gradnorm_section", "sample_grids_section", "aligned_grids_section"]
@@ -62,6 +63,9 @@ def calibration_section(study: Study, results: dict, results_dir, report_path) -
     lines += _noise_aware_pair(results, units)
     lines += ["", "Reliability diagrams (as the guide guides) and ECE along t:", "",
               "| guide | clean | trajectory, pooled | noised test images, pooled | ECE along t |", "|---|---|---|---|---|"]
+    for r in done:  # drawn from the JSON alone, so a picture left on the GPU machine is not lost
+        if not all((Path(results_dir) / name).exists() for name in r["plots"].values()):
+            draw_plots(r, Path(results_dir), r["unit"])
     lines += _per_guide(units, results, "| not yet run | | | |", lambda r: [f"| {r['guide']} | " + " | ".join(
         image_link(results_dir, r["plots"][k], report_path, f"{r['guide']} {k}") if k in r["plots"] else "–"
         for k in ("clean", "trajectory", "noised", "ece_t")) + " |"])
