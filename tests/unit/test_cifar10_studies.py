@@ -3,6 +3,7 @@ runs end to end, skips finished units, resumes partial ones and reports what is 
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -584,25 +585,71 @@ def test_a_noise_aware_judge_reads_the_images_at_t0(tmp_path):
         assert not torch.allclose(logits, net(x, torch.full((8,), 999)), atol=1e-3)
 
 
-def test_a_study_runs_its_units_with_the_attention_layout_it_pins(tmp_path, monkeypatch):
-    """The library's attention hands SDPA q, k, v contiguous in the head dimension, but a study keeps the layout
-    its units have run with (plan.ATTENTION_QKV_CONTIGUOUS: strided) until an amendment switches it; each unit's
-    JSON says which. Checked on what the tiny study's sampling network hands SDPA, and that the library's default
-    is back once the command is over."""
+def test_a_study_samples_contiguous_and_trains_strided(tmp_path, monkeypatch):
+    """plan.attention_qkv_contiguous: sampling units run with q, k, v contiguous, training units (here the tiny
+    noise-aware classifier, which has attention) strided, the layout the trained arms they are compared with ran
+    with; SDPA is handed q in the layout of the moment; each unit's JSON records it, and the library's default is
+    back once the command is over."""
     import diffguide.nets.adm as adm
-    from diffguide.studies.cifar10 import plan
+    from diffguide.studies.cifar10 import plan, runner
 
     study = guidance_study(tiny_assets(tmp_path / "assets"), tiny=True)  # (its stand-in model trains unpinned)
-    seen = []
+    seen, layout_at_start = [], {}
     original = adm.F.scaled_dot_product_attention
 
     def spy(q, k, v, *args, **kwargs):
-        seen.append(q.stride(-1) == 1)
+        seen.append((adm.QKV_CONTIGUOUS, q.stride(-1) == 1))
         return original(q, k, v, *args, **kwargs)
 
+    def recording(name, function):
+        def wrapped(study, unit, *args, **kwargs):
+            layout_at_start[unit.id] = adm.QKV_CONTIGUOUS
+            return function(study, unit, *args, **kwargs)
+        monkeypatch.setattr(runner, name, wrapped)
+
+    recording("run_sample", runner.run_sample)
+    recording("run_training", runner.run_training)
     monkeypatch.setattr(adm.F, "scaled_dot_product_attention", spy)
-    run_next(study, tmp_path / "cache", tmp_path / "results", budget_s=600, only=["reference", "grid__none__*"])
+    with adm.qkv_layout(False):  # a caller's layout is not what the units run with
+        run_next(study, tmp_path / "cache", tmp_path / "results", budget_s=600,
+                 only=["reference", "grid__none__*", "clf_base"])
+    grids = [u for u in layout_at_start if u.startswith("grid__none__")]
+    assert grids and all(layout_at_start[u] is True for u in grids) and layout_at_start["clf_base"] is False
     record = json.loads(next((tmp_path / "results").glob("grid__none__*.json")).read_text())
-    assert plan.ATTENTION_QKV_CONTIGUOUS is False and record["attention_qkv"] == "strided"
-    assert seen and not any(seen)
+    assert record["attention_qkv"] == "contiguous"
+    assert {layout for layout, _ in seen} == {True, False} and all(layout == contiguous for layout, contiguous in seen)
+    assert [plan.attention_qkv_contiguous(k) for k in ("sample", "sample_grid", "calibration", "train",
+                                                       "train_classifier", "calibrate")] == [True] * 3 + [False] * 3
     assert adm.QKV_CONTIGUOUS is True
+
+
+def test_the_committed_sampling_runs_of_one_study_share_one_layout():
+    """The claims and the main tables compare units of one attention layout: every committed scored run but the
+    seed-0 grids (which only choose scales) ran contiguous; the strided ones are kept apart, and are strided."""
+    root = Path(__file__).resolve().parents[2] / "docs" / "results"
+    kept_apart = sorted((root / "cifar10_guidance_strided").glob("final__*.json"))
+    assert len(kept_apart) == 12  # the rule's 12 finals (plan.attention_qkv_contiguous)
+    for study in ("cifar10_guidance", "cifar10_cfg_aligned"):
+        for path in sorted((root / study).glob("*.json")):
+            record = json.loads(path.read_text())
+            if "metrics" in record and record.get("group") != "grid":
+                assert record.get("attention_qkv") == "contiguous", path
+        for path in sorted((root / f"{study}_strided").glob("*.json")):
+            assert json.loads(path.read_text()).get("attention_qkv", "strided") == "strided", path
+
+
+def test_the_report_shows_a_strided_run_beside_its_contiguous_rerun(tmp_path):
+    """strided_section: each kept-apart strided run beside the contiguous run of the same id (or 'not yet run')."""
+    from diffguide.studies.cifar10.report import strided_section
+
+    def record(fid, precision, recall):
+        return {"metrics": {"fid": fid, "precision": precision, "recall": recall}}
+
+    results, kept = tmp_path / "study", tmp_path / "study_strided"
+    kept.mkdir()
+    (kept / "final__a__sbest.json").write_text(json.dumps(record(9.5, 0.7, 0.5)))
+    (kept / "final__b__sbest.json").write_text(json.dumps(record(11.0, 0.6, 0.55)))
+    lines = strided_section({"final__a__sbest": record(9.25, 0.71, 0.49)}, results)
+    assert "| `final__a__sbest` | 9.5 | 9.25 | -0.250 | 0.7000 / 0.7100 | 0.5000 / 0.4900 |" in lines
+    assert "| `final__b__sbest` | 11 | not yet run | – | 0.6000 / – | 0.5500 / – |" in lines
+    assert strided_section({}, tmp_path / "other") == []

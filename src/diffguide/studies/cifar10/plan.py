@@ -8,9 +8,10 @@ A study is a list of :class:`Unit` s, run in order by :mod:`.runner`:
 - ``sample`` — one sampling run scored against the reference: its metrics JSON in the results folder *is* the
   unit's completion mark. ``scale=None`` means "the scale chosen from this method's seed-0 grid JSONs" (lowest FID).
 
-Estimated H200 seconds use docs/performance.md and the first study units (2026-12-01): DDIM-50 CFG sampling 205
-img/s (compiled, batch 2500, one batched [cond, ∅] forward per step; a 10k unit sampled in 49.2 s), so one CFG
-step costs 1/(205·50) s per image; a plain conditional step half of that; a classifier-guided step ×1.3 (the
+Estimated H200 seconds use docs/performance.md and the study units (2026-12-01): a plain conditional DDIM-50 step
+as the contiguous-layout subset units sampled it (1.90–1.93 s per 1k samples, compiled, batch 2,500), and a CFG
+step (one batched [cond, ∅] forward) twice that: 1/(263·50) s per image (205 img/s strided, the layout before
+``attention_qkv_contiguous``); a classifier-guided step ×1.3 (the
 guide compiled, benchmarks/results/guided_step_h200.json: an x̂0 ResNet-32 step ×1.16 over unguided; the ADM-G
 units' noise-aware steps, 163–169 ms at batch 2,500 against 127.1: ×1.29; ×1.4 before the guide was compiled);
 training 4,683 img/s at batch 128 plus 100 s of compilation per command; scoring (Inception features, FID, KID,
@@ -41,23 +42,43 @@ def sampling_variance(sampler: str) -> str | None:
     return DDPM_VARIANCE if sampler == "ddpm" else None
 
 
-ATTENTION_QKV_CONTIGUOUS = False
-"""The attention layout every unit of both studies runs with (:func:`diffguide.nets.adm.qkv_layout`; recorded in
-each unit's JSON as ``attention_qkv``): "strided", the layout all their units so far ran with (SDPA's math
-kernel), though the library's default is now "contiguous" (its fused kernels: the same function to bf16 rounding,
-faster). Switching a study mid-way changes its networks' rounding between units that claims compare, so it is an
-amendment of its own, made only after the H200 has measured the gain and before any unit runs with it.
+TRAINING_QKV_CONTIGUOUS = False
+SAMPLING_QKV_CONTIGUOUS = True
+TRAINING_KINDS = ("train", "train_classifier", "calibrate")
+"""Unit kinds that train weights (a diffusion model, the noise-aware classifier, its fine-tunes)."""
 
-The rule for that amendment, fixed now (2026-12-01, before any measurement): if the H200 times the guidance study's
-guided DDPM step at batch 2,500 (benchmarks/profile_sample.py or guided_step.py, both layouts in one run) at least
-10% faster with the contiguous layout, both studies' sampling units switch to it. The seed 1–3 finals already run
-strided (guidance study: no guidance, CFG, EluCD ResNet-32, reverse KL; 12 units) are then run again contiguous,
-their strided JSONs kept apart and reported beside them, so that every claim and the main table compare units of
-one layout; seed-0 grids, trained classifiers and calibration units are kept (they choose scales and classifiers
-and compare nothing). The aligned study's seed-0 standard curve (6 units) is run again likewise, and its training
-units keep the strided layout of the standard arm they are compared with. Below 10%, nothing changes."""
+STRIDED_RESULTS_SUFFIX = "_strided"
+"""The sampling JSONs run strided before the switch below, kept apart in docs/results/STUDY_strided/."""
 
-CFG_STEP_S = 1.0 / (205 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
+
+def attention_qkv_contiguous(kind: str) -> bool:
+    """The attention layout a unit of this ``kind`` runs with (:func:`diffguide.nets.adm.qkv_layout`; each unit's
+    JSON records the layout it ran with as ``attention_qkv``): :data:`TRAINING_QKV_CONTIGUOUS` (strided, SDPA's math
+    kernel) for the :data:`TRAINING_KINDS`, :data:`SAMPLING_QKV_CONTIGUOUS` (contiguous, its fused kernels: the same
+    function to bf16 rounding, faster) for every other unit.
+
+    Until 2026-12-01 every unit of both studies ran strided, though the library's default had become contiguous.
+    Switching a study mid-way changes its networks' rounding between units that claims compare, so it was an
+    amendment of its own, made only after the H200 had measured the gain and before any unit ran with it.
+
+    The rule for that amendment, fixed 2026-12-01 before any measurement: if the H200 times the guidance study's
+    guided DDPM step at batch 2,500 (benchmarks/profile_sample.py or guided_step.py, both layouts in one run) at least
+    10% faster with the contiguous layout, both studies' sampling units switch to it. The seed 1–3 finals already run
+    strided (guidance study: no guidance, CFG, EluCD ResNet-32, reverse KL; 12 units) are then run again contiguous,
+    their strided JSONs kept apart and reported beside them, so that every claim and the main table compare units of
+    one layout; seed-0 grids, trained classifiers and calibration units are kept (they choose scales and classifiers
+    and compare nothing). The aligned study's seed-0 standard curve (6 units) is run again likewise, and its training
+    units keep the strided layout of the standard arm they are compared with. Below 10%, nothing changes.
+
+    The measurement (2026-12-01, before any unit ran contiguous; ``benchmarks/guided_step.py --layouts-only
+    --qkv-layouts contiguous,strided``, benchmarks/results/guided_step_layouts_h200.json): the EluCD ResNet-32
+    β = 10 step at batch 2,500 takes 113.8 ms contiguous against 147.2 ms strided, 22.7% less (unguided: 97.4 against
+    129.1). So the rule switched the sampling units; every unit run since (the guidance study's tier 3 on) ran
+    contiguous, and the 18 strided JSONs it names were moved to docs/results/STUDY_strided/ to be run again."""
+    return TRAINING_QKV_CONTIGUOUS if kind in TRAINING_KINDS else SAMPLING_QKV_CONTIGUOUS
+
+
+CFG_STEP_S = 1.0 / (263 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
 GUIDED_FACTOR = 1.3
 TRAIN_IMG_S = 4683.0
 COMPILE_S = 100.0

@@ -12,6 +12,7 @@ import numpy as np
 from ...io import atomic_write_text
 from .. import verdict
 from . import aligned_plan, guidance_plan, report_plots as plots
+from .plan import STRIDED_RESULTS_SUFFIX, TRAINING_KINDS
 from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
 from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, is_done, load_results, needed, runs
 
@@ -50,8 +51,8 @@ def header(study: Study, results: dict, title: str, protocol: str) -> list[str]:
     else:
         layouts = sorted({r.get("attention_qkv", "strided") for r in results.values()})
         lines += [f"**Environment**: GPU {env['gpu']}, torch {env['torch']}, precision {env['precision']}, "
-                  f"attention q/k/v {' and '.join(layouts)} (plan.ATTENTION_QKV_CONTIGUOUS; strided: SDPA's math "
-                  "kernel)" + (" — **TINY CPU CHECK, NOT CIFAR-10 EVIDENCE**" if env.get("tiny") else "") + ".", ""]
+                  f"attention q/k/v {' and '.join(layouts)} (`plan.attention_qkv_contiguous`: sampling units "
+                  "contiguous, training units strided, SDPA's math kernel)" + (" — **TINY CPU CHECK, NOT CIFAR-10 EVIDENCE**" if env.get("tiny") else "") + ".", ""]
     return lines
 
 
@@ -94,6 +95,31 @@ def claims_table(rows: list[tuple[str, dict | None]]) -> list[str]:
     return out + ["", "Verdict words: DID NOT HOLD in the rule above is written NOT HELD here (the issue's word)."]
 
 
+def strided_section(results: dict, results_dir) -> list[str]:
+    """The sampling runs made strided before the layout switch (plan.attention_qkv_contiguous), kept apart in
+    ``<results>_strided/``, beside the contiguous runs of the same ids; nothing if there are none."""
+    folder = Path(results_dir).parent / (Path(results_dir).name + STRIDED_RESULTS_SUFFIX)
+    strided = load_results(folder)
+    if not strided:
+        return []
+    lines = ["## Strided runs, kept apart (the attention layout switch)", "",
+             f"Sampled with q/k/v strided (SDPA's math kernel) before the sampling units switched to contiguous "
+             f"(`plan.attention_qkv_contiguous`), kept in `{folder.name}/` and run again contiguous under the same "
+             "ids: same seeds and labels, so the difference is the layouts' bf16 rounding (and, where the unit's "
+             "model was trained again from its seed, the GPU's nondeterminism in that training). They count for "
+             "nothing in the tables and claims above.", "",
+             "| unit | FID strided | FID contiguous | Δ (contiguous − strided) | precision strided / contiguous | "
+             "recall strided / contiguous |", "|---|---|---|---|---|---|"]
+    for uid, old in strided.items():
+        new = results.get(uid)
+        pair = [(value(old, m), value(new, m) if new else None) for m in ("fid", "precision", "recall")]
+        (fid_old, fid_new), rest = pair[0], pair[1:]
+        lines.append(f"| `{uid}` | {fid_old:.4g} | " + ("not yet run | – | " if new is None else
+                     f"{fid_new:.4g} | {fid_new - fid_old:+.3f} | ") + " | ".join(
+                     f"{a:.4f} / {'–' if b is None else f'{b:.4f}'}" for a, b in rest) + " |")
+    return lines + [""]
+
+
 def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
     missing = [(u, needed(study, u, results)) for u in study.units if not is_done(study, u, cache, results)]
     missing = [(u, need) for u, need in missing if need is not False]  # an edge point its grid settled without
@@ -104,6 +130,13 @@ def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
         lines += ["Re-created in the cache of every machine that runs a unit needing them (fixed seeds, never "
                   "committed), so not counted below: " + ", ".join(f"`{u.id}` (~{u.est_s / 60:.1f} min)" for u in remade)
                   + ".", ""]
+    lost = [u for u, _ in missing if u.kind in TRAINING_KINDS
+            and any(u.id in d.needs and d.id in results for d in study.units)]
+    if lost:
+        lines += ["Trained before (JSONs of units that used them are committed) but not in this cache, which does not "
+                  "outlive its machine: the next unit that needs them trains them again from the same seed and recipe "
+                  "(not bitwise the same weights: a GPU's training is not deterministic), counted below: "
+                  + ", ".join(f"`{u.id}`" for u in lost) + ".", ""]
     if not missing:
         return lines + ["Nothing: every unit of the plan is done.", ""]
     lines += [f"{len(missing)} of {len(study.units)} units, in run order (~{sum(u.est_s for u, _ in missing) / 60:.0f} "
@@ -174,6 +207,7 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
     lines += calibration_section(study, results, results_dir, out_path)
     lines += gradnorm_section(study, results, results_dir, out_path)
     lines += sample_grids_section(study, results, results_dir, out_path)
+    lines += strided_section(results, results_dir)
     lines += not_yet_run(study, cache, results)
     atomic_write_text(out_path, "\n".join(lines))
     return Path(out_path)
@@ -262,6 +296,7 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
               "reported descriptively. The control row says whether an aligned point is matched by the standard "
               "model at w_eff (a re-parametrised w) or beaten (a real gain); it is also seed 0 only.", ""]
     lines += aligned_grids_section(study, results, results_dir, out_path)
+    lines += strided_section(results, results_dir)
     lines += not_yet_run(study, cache, results)
     atomic_write_text(out_path, "\n".join(lines))
     return Path(out_path)

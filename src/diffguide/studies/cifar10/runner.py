@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from ...io import atomic_write_text
-from ...nets.adm import qkv_layout
-from .plan import ATTENTION_QKV_CONTIGUOUS, Unit, sampling_variance
+from ...nets import adm
+from .plan import Unit, attention_qkv_contiguous, sampling_variance
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
 GRID_GROUPS = ("grid", "wcurve")
@@ -206,7 +206,7 @@ def environment(study: Study) -> dict:
     cuda = torch.cuda.is_available() and str(study.assets.get("device") or "cuda").startswith("cuda")
     return {"gpu": torch.cuda.get_device_name() if cuda else f"none (CPU: {platform.processor() or 'unknown'})",
             "torch": torch.__version__, "precision": "bf16 autocast" if study.assets["bf16"] else "fp32",
-            "attention_qkv": "contiguous" if ATTENTION_QKV_CONTIGUOUS else "strided", "tiny": study.tiny}
+            "attention_qkv": "contiguous" if adm.QKV_CONTIGUOUS else "strided", "tiny": study.tiny}
 
 
 MACHINE_ERRORS = (torch.OutOfMemoryError, torch._dynamo.exc.TorchDynamoException,
@@ -332,7 +332,8 @@ def run_calibration_finetune(study: Study, unit: Unit, cache: Path) -> None:
     atomic_write_text(out / "done.json", json.dumps({"steps": p["steps"], "unit": unit.id}) + "\n")
 
 
-TRAINING_KINDS = ("train", "train_classifier")
+RESUMABLE_KINDS = ("train", "train_classifier")
+"""Units that resume from their own checkpoint, so they may start with less budget than their estimate."""
 RECREATED_KINDS = ("reference", "trajectories")
 """Cache units re-made from fixed seeds on each machine that needs them (under a minute), never brought back."""
 DIAGNOSTIC_KINDS = ("trajectories", "calibration", "gradnorm", "sample_grid")
@@ -412,10 +413,10 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
             continue
         remaining = deadline - time.monotonic()
         estimate = 0.0 if study.tiny else unit.est_s
-        if remaining <= 0 or (unit.kind not in TRAINING_KINDS and estimate > remaining):
+        if remaining <= 0 or (unit.kind not in RESUMABLE_KINDS and estimate > remaining):
             break
         ran.append(unit.id)
-        with qkv_layout(ATTENTION_QKV_CONTIGUOUS):  # the layout the study's units run with (plan.py)
+        with adm.qkv_layout(attention_qkv_contiguous(unit.kind)):  # the layout a unit of its kind runs with (plan.py)
             if unit.kind == "sample":
                 run_sample(study, unit, cache, results_dir, results)
             elif unit.kind == "reference":
