@@ -653,3 +653,33 @@ def test_the_report_shows_a_strided_run_beside_its_contiguous_rerun(tmp_path):
     assert "| `final__a__sbest` | 9.5 | 9.25 | -0.250 | 0.7000 / 0.7100 | 0.5000 / 0.4900 |" in lines
     assert "| `final__b__sbest` | 11 | not yet run | – | 0.6000 / – | 0.5500 / – |" in lines
     assert strided_section({}, tmp_path / "other") == []
+
+
+def test_a_cache_unit_is_made_only_while_a_unit_left_to_run_needs_it(tmp_path):
+    """A fresh machine's cache has no weights, reference or trajectories: such a unit is 'ready' while something
+    left to run needs it (directly, or through another cache unit), and 'not needed' once all that needs it is done,
+    so that nothing is trained or sampled again for units already finished."""
+    from diffguide.studies.cifar10.plan import Unit
+    from diffguide.studies.cifar10.runner import Study, status
+
+    units = [Unit("trajectories", "trajectories"), Unit("calibration__a", "calibration", needs=("trajectories",)),
+             Unit("clf", "train_classifier"), Unit("clf_ft", "calibrate", needs=("clf",)),
+             Unit("calibration__clf_ft", "calibration", needs=("clf_ft", "trajectories")),
+             Unit("model", "train"), Unit("calibration__b", "calibration", needs=("model",))]
+    study = Study("s", units, {}, {})
+
+    def states(done):
+        out = status(study, tmp_path / "cache", tmp_path / "results" / "none")
+        return {uid: state for state, ids in out.items() for uid in ids if uid not in done}
+
+    assert states({}) == {"trajectories": "ready", "calibration__a": "blocked", "clf": "ready", "clf_ft": "blocked",
+                          "calibration__clf_ft": "blocked", "model": "ready", "calibration__b": "blocked"}
+    results = tmp_path / "results" / "none"
+    results.mkdir(parents=True)
+    for uid in ("calibration__a", "calibration__b"):
+        (results / f"{uid}.json").write_text("{}")
+    assert states({"calibration__a", "calibration__b"}) == {
+        "trajectories": "ready", "clf": "ready", "clf_ft": "blocked", "calibration__clf_ft": "blocked",
+        "model": "not needed"}
+    (results / "calibration__clf_ft.json").write_text("{}")
+    assert set(states({"calibration__a", "calibration__b", "calibration__clf_ft"}).values()) == {"not needed"}

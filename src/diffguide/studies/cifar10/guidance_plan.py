@@ -51,6 +51,17 @@ lowest (highest) point, the point at half (twice) that scale is added, at most `
 side (``plan.extension_scales``; the runner's ``grid_scales``). Only seed-0 runs choose scales, so the held-out
 seeds 1–3 stay unseen. EluCD ResNet-32's JSONs at 4 and 8 stay in the results as runs outside its amended grid.
 
+Amendment 5, after tiers 1–2 and before tier 3 (2026-12-01): sampling units run with the attention's q/k/v
+contiguous, by the rule fixed before the H200 measured it (``plan.attention_qkv_contiguous``); the 12 strided seed
+1–3 finals of tier 1 are run again, their strided JSONs kept apart and reported beside.
+
+Amendment 6, before any noise-aware seed 1–3 run: the three noise-aware classifiers were lost with the machine
+cache that held them (it does not outlive a working session), after their calibration units and seed-0 grids had
+run. They are trained again from the same seeds and recipe by the session that runs their seed 1–3 finals; GPU
+training need not be deterministic, so those finals guide with classifiers of the same recipe, not necessarily
+bitwise the ones the grids chose the scale with. The Smooth-ECE claim compares two re-created fine-tunes of one
+re-created base.
+
 Run order (amendment 3; the plan is unchanged otherwise): ``TIERS`` — each tier's seed-0 grids, then its seeds 1–3,
 so the claims get their runs in turn: (1) no guidance, CFG, the EluCD baseline and reverse KL; (2) the noise-aware
 arm (the base classifier, its two fine-tunes, their calibration, ADM-G with each); (3) JS, forward KL, Hellinger; (4) tilted and the

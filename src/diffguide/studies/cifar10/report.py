@@ -135,7 +135,7 @@ def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
     if lost:
         lines += ["Trained before (JSONs of units that used them are committed) but not in this cache, which does not "
                   "outlive its machine: the next unit that needs them trains them again from the same seed and recipe "
-                  "(not bitwise the same weights: a GPU's training is not deterministic), counted below: "
+                  "(not necessarily bitwise the same weights: GPU training need not be deterministic), counted below: "
                   + ", ".join(f"`{u.id}`" for u in lost) + ".", ""]
     if not missing:
         return lines + ["Nothing: every unit of the plan is done.", ""]

@@ -43,6 +43,10 @@ class Study:
     def unit(self, uid: str) -> Unit:
         return next(u for u in self.units if u.id == uid)
 
+    def dependents(self, uid: str) -> list:
+        """The units that need unit ``uid``, in plan order."""
+        return [u for u in self.units if uid in u.needs]
+
 
 def result_path(results_dir, unit: Unit) -> Path:
     return Path(results_dir) / f"{unit.id}.json"
@@ -360,11 +364,15 @@ def runs(study: Study, results: dict, **match) -> list[dict]:
 
 
 def unit_state(study: Study, unit: Unit, cache: Path, results: dict) -> str:
-    """'done'; 'not needed' (an edge point of a grid settled without it); 'blocked' (a unit it needs is unfinished);
-    'waiting' (for seed-0 grid results); or 'ready'."""
+    """'done'; 'not needed' (an edge point of a grid settled without it, or a cache unit — weights, the reference,
+    trajectories — that no unit left to run needs: a fresh machine does not re-create it); 'blocked' (a unit it
+    needs is unfinished); 'waiting' (for seed-0 grid results); or 'ready'."""
     if is_done(study, unit, cache, results):
         return "done"
     if needed(study, unit, results) is False:
+        return "not needed"
+    if unit.kind not in RESULT_KINDS and not any(
+            unit_state(study, u, cache, results) not in ("done", "not needed") for u in study.dependents(unit.id)):
         return "not needed"
     if any(not is_done(study, study.unit(n), cache, results) for n in unit.needs):
         return "blocked"
@@ -385,7 +393,8 @@ def describe(study: Study, cache_dir, results_dir) -> str:
     state = status(study, cache_dir, results_dir)
     tag = {uid: name for name in ("ready", "blocked", "waiting") for uid in state[name]}
     left = [u for u in study.units if u.id in tag]
-    skipped = f", {len(state['not needed'])} edge points not needed" if state["not needed"] else ""
+    skipped = (f", {len(state['not needed'])} not needed (edge points, cache files no unit left needs)"
+               if state["not needed"] else "")
     lines = [f"{study.name}: {len(state['done'])} of {len(study.units)} units done{skipped}; left {len(left)} "
              f"(~{sum(u.est_s for u in left) / 60:.0f} H200 min estimated, edge points included)"]
     lines += [f"  {tag[u.id]:<7} {u.id}  (~{u.est_s / 60:.1f} min)" for u in left]
