@@ -216,9 +216,11 @@ def test_second_run_skips_and_partial_unit_resumes(tiny_run):
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")}
     again = run_next(study, root / "cache", folder, budget_s=600)
     assert again["ran"] == [] and {p.name: p.stat().st_mtime_ns for p in folder.glob("*.json")} == mtimes
-    victim = next(u for u in study.units if u.kind == "sample" and u.params["group"] == "steps")
-    (folder / f"{victim.id}.json").unlink()
     os.remove(root / "cache" / study.name / "train" / "aligned_w1" / "done.json")  # a training cut short
+    assert run_next(study, root / "cache", folder, budget_s=600)["ran"] == []  # ... that nothing left needs
+    victim = next(u for u in study.units if u.kind == "sample" and u.params["group"] == "steps"
+                  and "aligned_w1" in u.needs)
+    (folder / f"{victim.id}.json").unlink()
     third = run_next(study, root / "cache", folder, budget_s=600)
     assert third["ran"] == ["aligned_w1", victim.id] and third["left"] == 0
 
@@ -232,9 +234,10 @@ def test_only_runs_the_matching_units_in_plan_order(tiny_run):
         (folder / f"{unit.id}.json").unlink()
     os.remove(root / "cache" / study.name / "train" / "aligned_w2" / "done.json")
     picked = run_next(study, root / "cache", folder, budget_s=600, only=["reference", "wcurve__standard__*"])
-    assert picked["ran"] == [u.id for u in curve[:2]] and picked["left"] == 2  # aligned_w2 and steps wait
+    # steps waits; aligned_w2, whose units are all done, is not trained again
+    assert picked["ran"] == [u.id for u in curve[:2]] and picked["left"] == 1
     rest = run_next(study, root / "cache", folder, budget_s=600)
-    assert rest["ran"] == ["aligned_w2", steps.id] and rest["left"] == 0
+    assert rest["ran"] == [steps.id] and rest["left"] == 0
 
 
 def test_report_lists_missing_runs(tiny_run, tmp_path):

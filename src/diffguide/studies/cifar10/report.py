@@ -14,7 +14,7 @@ from .. import verdict
 from . import aligned_plan, guidance_plan, report_plots as plots
 from .plan import STRIDED_RESULTS_SUFFIX, TRAINING_KINDS
 from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
-from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, is_done, load_results, needed, runs
+from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, load_results, needed, runs, unit_state
 
 METRICS = ("fid", "kid", "precision", "recall", "density", "coverage")
 VERDICT_WORDS = {"held": "HELD", "did not hold": "NOT HELD", "within noise": "WITHIN NOISE", "mixed": "MIXED",
@@ -121,8 +121,9 @@ def strided_section(results: dict, results_dir) -> list[str]:
 
 
 def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
-    missing = [(u, needed(study, u, results)) for u in study.units if not is_done(study, u, cache, results)]
-    missing = [(u, need) for u, need in missing if need is not False]  # an edge point its grid settled without
+    # not an edge point its grid settled without, nor a cache unit (weights, ...) that no unit left needs
+    missing = [(u, needed(study, u, results)) for u in study.units
+               if unit_state(study, u, cache, results) not in ("done", "not needed")]
     remade = [u for u, _ in missing if u.kind in RECREATED_KINDS]
     missing = [(u, need) for u, need in missing if u.kind not in RECREATED_KINDS]
     lines = ["## Not yet run", ""]
