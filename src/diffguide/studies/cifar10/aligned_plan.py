@@ -19,6 +19,14 @@ seeds 1–3, the other best-w step points seed 1 only; every common-w point keep
 GPU budget ending mid-plan leaves whole later arms unrun rather than half of every arm: :data:`ARM_ORDER` arm by arm
 (training, seed-0 w-curve, its control points, its claims' step points), the sample grids after aligned_w2, then the
 other step points of every arm, DDPM 250 last. The report lists what is left.
+
+Amendment 2 (2026-12-01), before any arm but standard was trained: sampling units run with the attention's q/k/v
+contiguous (``plan.attention_qkv_contiguous``; the standard curve's strided points are kept apart and run again).
+The retrained standard model was lost with the machine cache that held it, so it is trained again from its seed.
+A rule fixed now, before the measurement: if the H200 times a training step of this network at batch 128
+(``benchmarks/cifar_throughput.py --sections train --qkv-layouts contiguous,strided``) at least 10% faster
+contiguous, every training unit of this study, standard included, switches to contiguous (no trained arm is then
+compared with a strided one); below 10% they stay strided.
 """
 
 from __future__ import annotations
