@@ -52,7 +52,8 @@ def header(study: Study, results: dict, title: str, protocol: str) -> list[str]:
         layouts = sorted({r.get("attention_qkv", "strided") for r in results.values()})
         lines += [f"**Environment**: GPU {env['gpu']}, torch {env['torch']}, precision {env['precision']}, "
                   f"attention q/k/v {' and '.join(layouts)} (`plan.attention_qkv_contiguous`: sampling units "
-                  "contiguous, training units strided, SDPA's math kernel)" + (" — **TINY CPU CHECK, NOT CIFAR-10 EVIDENCE**" if env.get("tiny") else "") + ".", ""]
+                  "contiguous, training units strided, SDPA's math kernel)"
+                  + (" — **TINY CPU CHECK, NOT CIFAR-10 EVIDENCE**" if env.get("tiny") else "") + ".", ""]
     return lines
 
 
@@ -131,8 +132,8 @@ def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
         lines += ["Re-created in the cache of every machine that runs a unit needing them (fixed seeds, never "
                   "committed), so not counted below: " + ", ".join(f"`{u.id}` (~{u.est_s / 60:.1f} min)" for u in remade)
                   + ".", ""]
-    lost = [u for u, _ in missing if u.kind in TRAINING_KINDS
-            and any(u.id in d.needs and d.id in results for d in study.units)]
+    lost = [u for u, _ in missing
+            if u.kind in TRAINING_KINDS and any(d.id in results for d in study.dependents(u.id))]
     if lost:
         lines += ["Trained before (JSONs of units that used them are committed) but not in this cache, which does not "
                   "outlive its machine: the next unit that needs them trains them again from the same seed and recipe "
