@@ -113,11 +113,11 @@ def strided_section(results: dict, results_dir) -> list[str]:
              "recall strided / contiguous |", "|---|---|---|---|---|---|"]
     for uid, old in strided.items():
         new = results.get(uid)
-        pair = [(value(old, m), value(new, m) if new else None) for m in ("fid", "precision", "recall")]
-        (fid_old, fid_new), rest = pair[0], pair[1:]
-        lines.append(f"| `{uid}` | {fid_old:.4g} | " + ("not yet run | – | " if new is None else
-                     f"{fid_new:.4g} | {fid_new - fid_old:+.3f} | ") + " | ".join(
-                     f"{a:.4f} / {'–' if b is None else f'{b:.4f}'}" for a, b in rest) + " |")
+        fid = ("not yet run | –" if new is None
+               else f"{value(new, 'fid'):.4g} | {value(new, 'fid') - value(old, 'fid'):+.3f}")
+        others = [f"{value(old, m):.4f} / " + ("–" if new is None else f"{value(new, m):.4f}")
+                  for m in ("precision", "recall")]
+        lines.append(f"| `{uid}` | {value(old, 'fid'):.4g} | {fid} | " + " | ".join(others) + " |")
     return lines + [""]
 
 
