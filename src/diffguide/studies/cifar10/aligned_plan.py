@@ -20,6 +20,14 @@ GPU budget ending mid-plan leaves whole later arms unrun rather than half of eve
 (training, seed-0 w-curve, its control points, its claims' step points), the sample grids after aligned_w2, then the
 other step points of every arm, DDPM 250 last. The report lists what is left.
 
+Amendment 3 (2026-12-02, before any unit but the standard curve's strided points had run), run order only: a
+machine's cache, trained weights included, does not outlive the session that made it, so each unit needing the
+standard model runs right after it, while its weights are there: standard's training, w-curve and claims' step
+points, the control points of every aligned arm and standard's sample grids, then the fine-tuned arm (trained from
+standard) with its curve and claims' points. Each from-scratch arm follows as one block (training,
+curve, claims' points, its sample grids), so that a session trains it once and uses it; the other step points of
+every arm and DDPM 250 stay last (each may need its arm trained again). Nothing a unit computes changes.
+
 Amendment 2 (2026-12-01), before any arm but standard was trained: sampling units run with the attention's q/k/v
 contiguous (``plan.attention_qkv_contiguous``; the standard curve's strided points are kept apart and run again).
 The retrained standard model was lost with the machine cache that held it, so it is trained again from its seed.
@@ -47,7 +55,8 @@ STEP_POINTS = (("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddim", 100), ("dpmpp_
                ("ddpm", 250))
 SPREAD_SEEDS = (1, 2, 3)
 CLAIM_STEP_POINTS = (("ddim", 10), ("ddim", 20), ("ddim", 50))  # fewer steps (10, 20) and best FID (50): 3 seeds
-ARM_ORDER = ("standard", "aligned_w1", "aligned_w2", "aligned_ft_w1", "aligned_w1_stopgrad")
+ARM_ORDER = ("standard", "aligned_ft_w1", "aligned_w1", "aligned_w2", "aligned_w1_stopgrad")
+"""Run order (amendment 3): standard and the arm fine-tuned from it first, then each from-scratch arm."""
 IMAGE_ARMS, IMAGE_W, IMAGE_SEED = ("standard", "aligned_w1", "aligned_w2"), (0.0, 1.0, 3.0), 0
 ARMS = {
     "standard": {"loss": {"kind": "standard"}, "steps": STEPS},
@@ -98,8 +107,9 @@ def train_units(steps_scale: float = 1.0) -> list[Unit]:
 
 def units(samples: int = SAMPLES, steps_scale: float = 1.0, step_points=STEP_POINTS, w_grid=W_GRID,
           curve_steps: int = CURVE_STEPS, claim_points=CLAIM_STEP_POINTS) -> list[Unit]:
-    """The plan in run order (the amendment above): the reference; arm by arm its training, seed-0 w-curve, control
-    points and claims' step points; the sample grids after aligned_w2; every arm's other step points; DDPM last."""
+    """The plan in run order (amendments 1 and 3 above): the reference; arm by arm (:data:`ARM_ORDER`) its training,
+    seed-0 w-curve and claims' step points; after standard's, every aligned arm's control points; after each arm of
+    :data:`IMAGE_ARMS`, its sample grids; every arm's other step points; DDPM last."""
     specs, trainings = methods(), {u.id: u for u in train_units(steps_scale)}
 
     def point(arm, scale, sampler, steps, seed, group):
@@ -115,16 +125,15 @@ def units(samples: int = SAMPLES, steps_scale: float = 1.0, step_points=STEP_POI
     out, seen = [reference_unit()], set()
     for arm in ARM_ORDER:
         curve = [point(arm, w, CURVE_SAMPLER, curve_steps, CURVE_SEED, "wcurve") for w in w_grid]
-        control = [point("standard", w, CURVE_SAMPLER, curve_steps, CURVE_SEED, "wcurve")
-                   for w in control_scales(w_grid, [arm]) if arm != "standard"]
         claims = steps_units(arm, [p for p in step_points if p in claim_points])
-        for unit in (trainings[arm], *curve, *control, *claims):
+        control = [point("standard", w, CURVE_SAMPLER, curve_steps, CURVE_SEED, "wcurve")
+                   for w in control_scales(w_grid)] if arm == "standard" else []
+        grids = [sample_grid_unit(arm, specs[arm], w, sampler=CURVE_SAMPLER, steps=curve_steps, seed=IMAGE_SEED)
+                 for w in IMAGE_W] if arm in IMAGE_ARMS else []
+        for unit in (trainings[arm], *curve, *claims, *control, *grids):
             if unit.id not in seen:  # w_eff ∈ {0, 1, ...} is already a point of the standard curve
                 seen.add(unit.id)
                 out.append(unit)
-        if arm == "aligned_w2":
-            out += [sample_grid_unit(a, specs[a], w, sampler=CURVE_SAMPLER, steps=curve_steps, seed=IMAGE_SEED)
-                    for a in IMAGE_ARMS for w in IMAGE_W]
     later = [p for p in step_points if p not in claim_points]
     last = [p for p in later if p[0] == "ddpm"]
     for points in ([p for p in later if p not in last], last):
