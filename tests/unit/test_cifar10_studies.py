@@ -312,9 +312,16 @@ def test_diagnostic_units_follow_what_they_need_in_both_plans():
     assert calibration["clf_sece"].needs == ("trajectories__ddpm100__seed10__n500", "clf_sece")
     (gradnorm,) = [u for u in units if u.kind == "gradnorm"]
     assert gradnorm.params["methods"] == ["elucd_resnet32", "reverse_kl_a0.5_e0.9", "js_a0.5_e0.9"]
-    last_grid = max(i for i, u in enumerate(units) if u.kind == "sample" and u.params["group"] == "grid")
-    pictures = [i for i, u in enumerate(units) if u.kind in ("gradnorm", "sample_grid")]
-    assert min(pictures) > last_grid  # they wait for chosen scales: planned after every seed-0 grid
+    ids = [u.id for u in units]
+    for i, u in enumerate(units):  # pictures wait for chosen scales: planned after the seed-0 grids they read
+        if u.kind in ("gradnorm", "sample_grid"):
+            read = u.params.get("methods") or [u.params["method"]]
+            assert all(j < i for j, v in enumerate(units) if v.params.get("group") == "grid"
+                       and v.params["method"] in read), u.id
+    # amendment 7: everything that needs a noise-aware classifier runs before tier 3, so one training serves it
+    tier3 = min(i for i, u in enumerate(units) if u.params.get("method") == "js_a0.5_e0.9")
+    classifier_users = [i for i, u in enumerate(units) if {"clf_base", "clf_ce", "clf_sece"} & {u.id, *u.needs}]
+    assert max(classifier_users) < tier3 and ids.index("subset__adm_g_sece__sbest__ddim50__seed3__n10000") < tier3
     grids = [u for u in units if u.kind == "sample_grid"]
     assert {u.params["scale"] for u in grids} == {None} and {u.params["num_samples"] for u in grids} == {100}
     aligned = [u for u in aligned_plan.units() if u.kind == "sample_grid"]

@@ -62,6 +62,10 @@ training need not be deterministic, so those finals guide with classifiers of th
 bitwise the ones the grids chose the scale with. The Smooth-ECE claim compares two re-created fine-tunes of one
 re-created base.
 
+Amendment 7 (2026-12-02, run order only, before any unit that needs a noise-aware classifier ran after
+amendment 6): the noise-aware arm's sample grids and DDIM-50 subset runs follow its seed 1–3 finals in tier 2, so
+that the session that trains the classifiers again uses them for everything that needs them.
+
 Run order (amendment 3; the plan is unchanged otherwise): ``TIERS`` — each tier's seed-0 grids, then its seeds 1–3,
 so the claims get their runs in turn: (1) no guidance, CFG, the EluCD baseline and reverse KL; (2) the noise-aware
 arm (the base classifier, its two fine-tunes, their calibration, ADM-G with each); (3) JS, forward KL, Hellinger; (4) tilted and the
@@ -174,7 +178,8 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
     """The plan in run order (amendment 3, module docstring): the reference, trajectories and the ResNets'
     calibration; then tier by tier (:data:`TIERS`; the noise-aware classifiers and their calibration before tier 2)
     each method's seed-0 grid (with its possible edge extensions) and its seeds 1-3; then the other methods' grids,
-    the combination with CFG, the ‖∇J‖ and sample-grid units, the DDIM subset and the other methods' seeds 1-3.
+    the combination with CFG, the ‖∇J‖ and sample-grid units, the DDIM subset and the other methods' seeds 1-3;
+    the pictures and subset runs that need a noise-aware classifier follow tier 2's finals (amendment 7).
     ``grid_limit`` keeps the first values of each grid (the --tiny check only; reported as such)."""
     specs = methods()
     calibration, pictures = diagnostic_units(specs, steps, trajectory_samples, test_images, gradnorm_samples)
@@ -191,15 +196,19 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
         return [sample_unit("", method, specs[method], None, sampler=sampler, steps=n_steps, seed=seed,
                             num_samples=final_samples, group=group) for seed in FINAL_SEEDS]
 
+    subsets = [u for m in SUBSET_METHODS for u in finals(m, SUBSET_SAMPLER, subset_steps, "subset")]
+    needs_classifier = [u for u in pictures + subsets if set(u.needs) & set(NOISE_AWARE.values())]  # amendment 7
     out = [reference_unit(), trajectories, *(u for u in calibrations if u not in noise_aware)]
     for number, tier in enumerate(TIERS, 1):
         if number == 2:
             out += [*classifier_units(classifier_steps, finetune_steps), *noise_aware]
         out += [u for m in tier for u in grid(m)] + [u for m in tier for u in finals(m)]
+        if number == 2:
+            out += needs_classifier
     tiered = {m for tier in TIERS for m in tier}
     rest = [m for m in specs if m not in tiered and m != "best_cg_plus_cfg"]
-    out += [u for m in rest for u in grid(m)] + grid("best_cg_plus_cfg") + finals("best_cg_plus_cfg") + pictures
-    out += [u for m in SUBSET_METHODS for u in finals(m, SUBSET_SAMPLER, subset_steps, "subset")]
+    out += [u for m in rest for u in grid(m)] + grid("best_cg_plus_cfg") + finals("best_cg_plus_cfg")
+    out += [u for u in pictures + subsets if u not in needs_classifier]
     return out + [u for m in rest for u in finals(m)]
 
 
