@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["host_read_is_free", "resolve_device"]
 
 
 def resolve_device(device=None, *, what: str = "device") -> torch.device:
@@ -35,3 +35,10 @@ def resolve_device(device=None, *, what: str = "device") -> torch.device:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"{what}: {device!r} is not supported (expected cpu, cuda, cuda:N, mps or auto)")
     return dev
+
+
+def host_read_is_free(tensor: torch.Tensor) -> bool:
+    """Whether reading ``tensor``'s values on the host (``int(t)``, ``bool(t)``) costs nothing: it is on the CPU and
+    no graph is being compiled. On a GPU each such read waits for the device to catch up, so a value check gated by
+    this runs on the CPU only; per-run checks (the sampler's labels) cover the GPU."""
+    return tensor.device.type == "cpu" and not torch.compiler.is_compiling()

@@ -114,6 +114,7 @@ class _Run:
             self.callback(StepRecord(i=i, t=t, x_t=x_t, x0=pred.x0, guidance_grad=pred.guidance_grad))
 
     def output(self, samples: Tensor) -> SampleOutput:
+        self.model.raise_if_nonfinite()
         return SampleOutput(samples=samples, labels=self.labels, nonfinite_zeroed=self.model.nonfinite_zeroed)
 
 

@@ -211,16 +211,21 @@ class NoiseSchedule:
     def posterior_mean_coef2(self) -> np.ndarray:
         return (1.0 - self.alphas_cumprod_prev) * np.sqrt(1.0 - self.betas) / (1.0 - self.alphas_cumprod)
 
-    def gather(self, name: str, i: Tensor | int, like: Tensor) -> Tensor:
-        """Coefficient array ``name`` at step(s) ``i``, broadcastable against ``like`` (ADM's ``_extract_into_tensor``)."""
-        key = (name, like.device)
+    def _table(self, name: str, device) -> Tensor:
+        """Array ``name`` on ``device``, copied there once (a host-to-device copy per step would be one per call)."""
+        key = (name, torch.device(device))
         table = self._cache.get(key)
         if table is None:
-            table = torch.from_numpy(np.ascontiguousarray(getattr(self, name))).to(like.device)
+            table = torch.from_numpy(np.ascontiguousarray(getattr(self, name))).to(device)
             self._cache[key] = table
-        if isinstance(i, int):
-            i = torch.full((like.shape[0],), i, device=like.device, dtype=torch.long)
-        values = table[i].to(like.dtype)
+        return table
+
+    def gather(self, name: str, i: Tensor | int, like: Tensor) -> Tensor:
+        """Coefficient array ``name`` at step(s) ``i``, broadcastable against ``like`` (ADM's ``_extract_into_tensor``).
+
+        An int ``i`` reads one entry as a view, expanded over the batch: no kernel, no host synchronisation."""
+        table = self._table(name, like.device)
+        values = (table[i].expand(like.shape[0]) if isinstance(i, int) else table[i]).to(like.dtype)
         return values.reshape(-1, *([1] * (like.ndim - 1)))
 
     def sqrt_alpha_bar(self, i, like):
@@ -228,7 +233,7 @@ class NoiseSchedule:
 
     def original_timesteps(self, i: Tensor | int, batch: int, device) -> Tensor:
         """Original timesteps t for step index ``i`` (a tensor [batch])."""
-        t = torch.as_tensor(self.timesteps, device=device)[torch.as_tensor(i, device=device)]
+        t = self._table("timesteps", device)[i]
         return t.expand(batch) if t.ndim == 0 else t
 
     # --- forward process ---

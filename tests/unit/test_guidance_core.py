@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from diffguide import ClassifierFree, ClassifierGuidance, Denoiser, Guidance, NoiseSchedule, SeededNoise, ddim, ddpm
 from diffguide.adapter import Prediction
@@ -174,6 +175,86 @@ class _NaNForSample(nn.Module):
         factor[2] = float("nan")
         x = x * factor
         return torch.stack([x[:, 0], x[:, 1], -x[:, 0]], 1)
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the tensor operations that read values on the host (on a GPU each one waits for the device)."""
+
+    READS = {Tensor.item, Tensor.tolist, Tensor.__bool__, Tensor.__int__, Tensor.__float__, Tensor.nonzero,
+             torch.nonzero, Tensor.cpu, Tensor.numpy, Tensor.unique, torch.unique}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.reads.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+class _Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(2, 3).double()
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+class _NoiseAwareLinear(_Linear):
+    def forward(self, x, t):
+        return self.lin(x) * (1 - t[:, None] / 1000)
+
+
+@pytest.mark.parametrize("sampler, rule", [(ddpm, "score"), (ddpm, "mean"), (ddpm, "elucd"), (ddim, "score")])
+@pytest.mark.parametrize("on, objective, schedule", [("x0", "baseline", "constant"), ("x0", "reverse_kl", "sine"),
+                                                     ("x0", "js", "constant"), ("x0", "tilted", "constant"),
+                                                     ("x0", "entropy", "constant"), ("x_t", None, "constant")])
+def test_a_guided_step_reads_nothing_on_the_host(sampler, rule, on, objective, schedule):
+    """The issue's CUDA-graph precondition: no host synchronisation inside a sampler step. The host reads of a run
+    (labels checked once, the non-finite count read at the end) do not grow with its number of steps."""
+    counts = []
+    for steps in ("5", "10"):
+        classifier = ClassifierGuidance(_Linear() if on == "x0" else _NoiseAwareLinear(), on=on, objective=objective,
+                                        schedule=schedule, scale=0.5)
+        guidance = Guidance(classifier=classifier, rule=rule)
+        noise = SeededNoise(0, range(4), (2,), dtype=torch.float64)
+        with _HostReads() as mode:
+            out = sampler(_toy_denoiser(steps), noise, torch.tensor([0, 1, 2, 0]), guidance=guidance)
+        assert torch.isfinite(out.samples).all() and out.nonfinite_zeroed == 0
+        counts.append(len(mode.reads))
+    assert counts[0] == counts[1], counts
+
+
+def test_a_sample_call_reads_nothing_on_the_host_per_step(monkeypatch, tmp_path):
+    """The same through ``sample()`` as the CLI runs it: the CIFAR model's network (its learned null label) under
+    CFG (w = 1) and an x̂0 classifier, DDIM with 2 and with 4 steps: as many host reads either way. The network's
+    own label check reads values only where that is free (``host_read_is_free``: on the CPU); here it is told it is
+    not, as on a GPU."""
+    import diffguide.api as api
+    import diffguide.nets.small_unet as small_unet
+    from diffguide.checkpoints import save_network
+    from diffguide.classifiers import ImageClassifier, Preprocess
+    from diffguide.nets.small_unet import SmallUNet
+
+    monkeypatch.setattr(small_unet, "host_read_is_free", lambda tensor: False)
+    torch.manual_seed(0)
+    guide = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    monkeypatch.setattr(api, "load_guidance_classifier",
+                        lambda spec, preset, device: (ImageClassifier(guide, Preprocess(), num_classes=10), "x0"))
+    net = SmallUNet(image_size=8, in_channels=3, model_channels=32, num_res_blocks=1, attention_resolutions=(2,),
+                    channel_mult=(1, 2), num_classes=10, num_head_channels=16, use_scale_shift_norm=True).eval()
+    save_network(net, tmp_path / "model", schedule="linear")
+    counts = []
+    for steps in ("ddim2", "ddim4"):
+        with _HostReads() as mode:
+            api.sample(model=str(tmp_path / "model"), num_samples=2, batch_size=2, sampler="ddim", steps=steps,
+                       labels="balanced", progress=False, fast=False, device="cpu", cfg_w=1.0,
+                       x0_classifier="cifar-resnet:g.th", classifier_scale=1.0)
+        counts.append(len(mode.reads))
+    assert counts[0] == counts[1], counts
 
 
 def test_nonfinite_gradient_raises_with_step_and_sample():

@@ -106,7 +106,8 @@ def _x0_classifier(ctx, param, value):
               help="Classifier-free guidance as s = 1 + w (diffusers' guidance_scale). Give --cfg-w or --cfg-scale.")
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the networks (GPU).")
 @click.option("--on-nonfinite", type=click.Choice(["raise", "zero"]), default="raise", show_default=True,
-              help="A NaN/inf guidance gradient: stop with the step and samples named, or zero it, count it, go on.")
+              help="A NaN/inf guidance gradient: fail the batch, naming the first step and samples it happened at "
+                   "(checked when the batch ends, so no step waits on the GPU), or zero it, count it, go on.")
 @click.option("--resume", is_flag=True, help="Finish a run in --out started with the same arguments.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the sample run in --out: only a folder this command wrote (run.json, samples.npz, grid.png, "

@@ -41,7 +41,10 @@ class NonFiniteGuidanceError(FloatingPointError):
 class GuidedDenoiser:
     """``denoiser`` under ``guidance`` for one run of one batch with ``labels``; callable as ``model(x_t, i)``.
 
-    Per-run state: the running maxima of the step variance (Σ_max) and the count of zeroed non-finite gradients.
+    Per-run state: the running maxima of the step variance (Σ_max) and, on the device, where gradients were
+    non-finite. Nothing in a step waits on the GPU: a non-finite gradient is found by tensor ops, and with
+    ``on_nonfinite='raise'`` the run raises at its end (:meth:`raise_if_nonfinite`, called by every sampler) naming
+    the first step it happened at and the samples it happened to there.
     """
 
     def __init__(self, denoiser: Denoiser, guidance: Guidance | None, labels: Tensor | None,
@@ -58,7 +61,9 @@ class GuidedDenoiser:
             raise ValueError("labels: classifier guidance needs class labels")
         self.max_variance: Tensor | None = None
         self.first_max_variance: Tensor | None = None
-        self.nonfinite_zeroed = 0
+        self._nonfinite_count: Tensor | None = None  # (sample, step) pairs with a non-finite gradient
+        self._first_nonfinite_call: Tensor | None = None  # per sample: the call (run order) it first happened in
+        self._calls: list[int] = []  # step index i of each classifier-guided call, in run order
         self._labels_checked = False
 
     @property
@@ -103,10 +108,30 @@ class GuidedDenoiser:
             torch.maximum(self.first_max_variance, first)
 
     def _finite(self, grad: Tensor, i: int) -> Tensor:
+        """``grad`` with non-finite samples zeroed (with ``on_nonfinite='raise'`` too: the run raises at its end, and
+        zeroing keeps a NaN from spreading through batch-level objectives meanwhile); recorded on the device."""
         bad = ~torch.isfinite(grad.flatten(1)).all(1)
-        if not bad.any():
-            return grad
-        if self.on_nonfinite == "raise":
-            raise NonFiniteGuidanceError(i, bad.nonzero().flatten().tolist())
-        self.nonfinite_zeroed += int(bad.sum())
+        call = len(self._calls)
+        self._calls.append(i)
+        first = torch.where(bad, call, -1)
+        if self._nonfinite_count is None:
+            self._nonfinite_count, self._first_nonfinite_call = bad.sum(), first
+        else:
+            self._nonfinite_count = self._nonfinite_count + bad.sum()
+            seen = self._first_nonfinite_call >= 0
+            self._first_nonfinite_call = torch.where(seen, self._first_nonfinite_call, first)
         return torch.where(bad.reshape(-1, *([1] * (grad.ndim - 1))), torch.zeros_like(grad), grad)
+
+    @property
+    def nonfinite_zeroed(self) -> int:
+        """How many (sample, step) gradients were non-finite (and zeroed) so far: a host read, once per run."""
+        return 0 if self._nonfinite_count is None else int(self._nonfinite_count)
+
+    def raise_if_nonfinite(self) -> None:
+        """With ``on_nonfinite='raise'``: a NonFiniteGuidanceError for the first step (in run order) that had a
+        non-finite gradient, naming the samples that had one there."""
+        if self.on_nonfinite != "raise" or not self.nonfinite_zeroed:
+            return
+        first = self._first_nonfinite_call
+        call = int(first[first >= 0].min())
+        raise NonFiniteGuidanceError(self._calls[call], (first == call).nonzero().flatten().tolist())

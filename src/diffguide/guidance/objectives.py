@@ -40,14 +40,21 @@ __all__ = [
 # input checks
 
 
-def check_logits(logits: Tensor, labels: Tensor) -> None:
-    """Raise a ValueError for non-finite logits or labels that do not index them."""
+def check_logits(logits: Tensor, labels: Tensor, step=None) -> None:
+    """Raise a ValueError for logits that are not [B, K], labels that are not integer [B], labels that do not index
+    the logits or non-finite logits.
+
+    The value checks read the tensors on the host (a synchronisation on a GPU), so they run only for a direct call
+    (``step`` None). Inside a sampler (``step`` a GuidanceStep) the guided denoiser checks the run's labels once and
+    catches non-finite logits as the non-finite gradient they give, without waiting on the GPU each step."""
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         raise ValueError(f"logits: expected a tensor of shape [B, K], got {getattr(logits, 'shape', type(logits))}")
     if not isinstance(labels, Tensor) or labels.shape != (logits.shape[0],):
         raise ValueError(f"labels: expected shape [{logits.shape[0]}], got {getattr(labels, 'shape', type(labels))}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise ValueError(f"labels: expected an integer tensor, got {labels.dtype}")
+    if step is not None:
+        return
     if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[1]):
         raise ValueError(f"labels: expected values in [0, {logits.shape[1] - 1}], got {labels.min()}..{labels.max()}")
     if not torch.isfinite(logits).all():
@@ -109,7 +116,7 @@ class LogLikelihood:
         _check_temperatures(self.tau1, self.tau2)
 
     def __call__(self, logits: Tensor, labels: Tensor, step=None) -> Tensor:
-        check_logits(logits, labels)
+        check_logits(logits, labels, step)
         return log_likelihood(logits, labels, self.tau1, self.tau2)
 
 
@@ -168,7 +175,7 @@ class Tilted(_Temperatures):
         return tilted_weights(self.log_likelihood(logits, labels), self.t_tilde)
 
     def __call__(self, logits: Tensor, labels: Tensor, step=None) -> Tensor:
-        check_logits(logits, labels)
+        check_logits(logits, labels, step)
         batch = logits.shape[0]
         if batch == 1 and self.t_tilde != 0:
             warnings.warn("Tilted: a batch of one sample has nothing to reweight; J = ℓ, the baseline", stacklevel=2)
@@ -266,7 +273,7 @@ class EntropyRegularized(_Temperatures):
         return inverse_entropy_lambda(entropies, num_classes, self.lambda0).detach()
 
     def __call__(self, logits: Tensor, labels: Tensor, step=None) -> Tensor:
-        check_logits(logits, labels)
+        check_logits(logits, labels, step)
         num_classes = logits.shape[1]
         if num_classes < 2:
             raise ValueError(f"logits: the entropy objective needs K >= 2 classes, got K = {num_classes}")
@@ -365,7 +372,7 @@ class FDivergence(_Temperatures):
         return DIVERGENCES[self.divergence](torch.log_softmax(logits, dim=1), q)
 
     def __call__(self, logits: Tensor, labels: Tensor, step=None) -> Tensor:
-        check_logits(logits, labels)
+        check_logits(logits, labels, step)
         return self.log_likelihood(logits, labels) - self.alpha * self.divergence_term(logits, labels)
 
 

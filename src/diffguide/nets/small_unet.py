@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..devices import host_read_is_free
 from .adm import EncoderUNetModel, UNetModel
 
 __all__ = ["SmallUNet", "small_noisy_classifier", "SMALL_UNET_PRESETS"]
@@ -79,10 +80,10 @@ class SmallUNet(UNetModel):
                 y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
             if y.shape != (x.shape[0],) or y.is_floating_point():
                 raise ValueError(f"y: expected integer labels of shape [{x.shape[0]}], got {y.dtype} {list(y.shape)}")
-            if not self.training and not torch.compiler.is_compiling() and y.numel() and \
+            if not self.training and host_read_is_free(y) and y.numel() and \
                     (int(y.min()) < 0 or int(y.max()) > self.num_classes):
-                # (checked in eager inference only: the check synchronises a GPU; training labels are checked once, and
-                # the sampler's guided denoiser checks a run's labels once)
+                # (checked in eager CPU inference only: on a GPU the check would wait for the device every call;
+                # training labels are checked once, and the sampler's guided denoiser checks a run's labels once)
                 raise ValueError(f"y: expected labels in [0, {self.num_classes}] ({self.num_classes} = null label), "
                                  f"got range [{int(y.min())}, {int(y.max())}]")
             emb = emb + self.label_emb(y)
