@@ -56,7 +56,7 @@ def calibrated_temperature(mixture: GaussianMixture, temperature: float, n: int 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(temperature / log_scale.exp())
+    return float(temperature / log_scale.detach().exp())
 
 
 def _methods(mixture: GaussianMixture, temperature: float, scale: float, cfg_w: float):
