@@ -3,7 +3,9 @@
 # 16 MiB (64 MiB in all); its files outlive a call only while it stays warm (docs/reproduce.md, "CIFAR-10 studies").
 #
 # On the GPU machine (assets staged into $STAGE by ../shared/tools/gpu-stage; $OUT is the folder that comes back):
-#   bash scripts/gpu_study_step.sh run STUDY BUDGET_S [PATTERNS]   # runner.run_next; results + report -> $OUT/results_STUDY.tgz
+#   bash scripts/gpu_study_step.sh run STUDY BUDGET_S [PATTERNS] [SESSION_LEFT_S]
+#        runner.run_next ('' for all patterns; SESSION_LEFT_S: the lease's budget_left_s, so that no training starts
+#        that the session cannot finish); results + report -> $OUT/results_STUDY.tgz
 #   bash scripts/gpu_study_step.sh export STUDY UNIT FIRST LAST    # a trained unit's release -> $OUT in 15 MiB pieces
 #   bash scripts/gpu_study_step.sh import STUDY UNIT FOLDER        # a trained unit brought back earlier, into the cache
 # Here (the machine the pieces came back to):
@@ -22,7 +24,7 @@ case "$step" in
     python "scripts/${study}_study.py" --shared "$STAGE" --model "$STAGE/cifar10-cond-17m-v0" \
       --data "$STAGE/cifar10-jpeg-q75.tar.gz" --inception "$STAGE/inception-2015-12-05-fid-features.pt" \
       --classifiers "$STAGE/classifiers" --cache "$CACHE" --results "$RESULTS/$study" --report "$RESULTS/$study.md" \
-      --budget-s "${3:?BUDGET_S}" ${4:+--only "$4"} || status=$?
+      --budget-s "${3:?BUDGET_S}" ${4:+--only "$4"} ${5:+--session-left-s "$5"} || status=$?
     # the finished units come back even when a later one stopped the command (e.g. out of memory)
     tar czf "$OUT/results_$study.tgz" -C "$RESULTS" "$study" $(cd "$RESULTS" && ls "$study.md" 2>/dev/null || true)
     exit "${status:-0}" ;;

@@ -712,3 +712,16 @@ def test_the_cost_column_is_the_fastest_seed():
 
     assert sampling_cost([{"seconds_per_1k_samples": v} for v in (10.47, 7.20, 10.58)]) == "7.2"
     assert sampling_cost([]) == "–"
+
+
+def test_a_training_starts_only_if_it_fits_the_session(tmp_path):
+    """fits_session: a training not started in this cache needs its whole estimate left to the session (a cache
+    does not outlive its machine); a started one goes on; sampling units are held to the command budget instead."""
+    from diffguide.studies.cifar10.plan import Unit
+    from diffguide.studies.cifar10.runner import fits_session
+
+    train, sample = Unit("arm", "train", est_s=1200.0), Unit("wcurve__arm", "sample", est_s=5000.0)
+    assert fits_session(train, tmp_path, 1200.0) and not fits_session(train, tmp_path, 1199.0)
+    assert fits_session(train, tmp_path, None) and fits_session(sample, tmp_path, 10.0)
+    (tmp_path / "train" / "arm").mkdir(parents=True)  # started here: its checkpoint is in this cache
+    assert fits_session(train, tmp_path, 10.0)

@@ -33,6 +33,10 @@ def make_command(name: str) -> click.Command:
                   help=f"metrics JSON folder [default: docs/results/{name}; --tiny: a temporary folder]")
     @click.option("--budget-s", type=click.FloatRange(min=1), default=540.0, show_default=True,
                   help="wall-clock budget of this command: units start only while their estimate fits")
+    @click.option("--session-left-s", type=click.FloatRange(min=0), default=None,
+                  help="device seconds left to this session (the lease's budget_left_s): a training not yet started "
+                       "in --cache starts only if its estimate fits, since the cache does not outlive the machine "
+                       "[default: no limit]")
     @click.option("--only", default=None, metavar="PATTERNS",
                   help="comma-separated shell patterns of unit ids (see --list) to run, e.g. "
                        "'reference,standard,wcurve__standard__*'; the plan order still holds")
@@ -41,8 +45,8 @@ def make_command(name: str) -> click.Command:
     @click.option("--list", "list_only", is_flag=True, help="print the plan and its status; run nothing")
     @click.option("--report", type=click.Path(dir_okay=False), default=None,
                   help=f"report path [default: docs/results/{name}.md; --tiny: beside the results]")
-    def command(shared, model, data, inception, classifiers, cache, results, budget_s, only, tiny, report_only,
-                list_only, report):
+    def command(shared, model, data, inception, classifiers, cache, results, budget_s, session_left_s, only, tiny,
+                report_only, list_only, report):
         if tiny and results and Path(results).resolve().is_relative_to((REPO / "docs" / "results").resolve()):
             raise click.BadParameter("--tiny never writes into docs/results", param_hint="--results")
         if tiny:
@@ -63,7 +67,7 @@ def make_command(name: str) -> click.Command:
             click.echo(describe(study, cache, results))
             return
         if not report_only:
-            run_next(study, cache, results, budget_s, only=patterns)
+            run_next(study, cache, results, budget_s, only=patterns, session_left_s=session_left_s)
         click.echo(f"report: {write_report(study, cache, results, report)}")
 
     return command

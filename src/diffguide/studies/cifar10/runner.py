@@ -406,10 +406,22 @@ def selected(unit: Unit, only) -> bool:
     return not only or any(fnmatch.fnmatchcase(unit.id, pattern) for pattern in only)
 
 
-def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: float = 540.0, only=None) -> dict:
+def fits_session(unit: Unit, cache: Path, session_left_s: float | None) -> bool:
+    """Whether ``unit`` may start with ``session_left_s`` device seconds left to the session (None: no limit). A
+    resumable training that has not started in this cache starts only if its whole estimate fits: the cache does
+    not outlive the session's machine, so a training cut short there is lost. Everything else: True (a started
+    training goes on; other units are held to the command's budget)."""
+    if session_left_s is None or unit.kind not in RESUMABLE_KINDS or (cache / "train" / unit.id).exists():
+        return True
+    return unit.est_s <= session_left_s
+
+
+def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: float = 540.0, only=None,
+             session_left_s: float | None = None) -> dict:
     """Run the first unfinished units in plan order while the budget lasts (a unit starts only if its estimate fits,
-    or if it is a resumable training); ``only``: shell patterns of unit ids to consider (None: all). Returns
-    {'ran': [...], 'finished': [...], 'left': n}. Prints what is left."""
+    or if it is a resumable training, which starts only if it fits ``session_left_s``: :func:`fits_session`);
+    ``only``: shell patterns of unit ids to consider (None: all). Returns {'ran': [...], 'finished': [...],
+    'left': n}. Prints what is left."""
     cache = Path(cache_dir).expanduser() / study.name
     results_dir = Path(results_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -424,6 +436,10 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
         estimate = 0.0 if study.tiny else unit.est_s
         if remaining <= 0 or (unit.kind not in RESUMABLE_KINDS and estimate > remaining):
             break
+        if not fits_session(unit, cache, None if study.tiny else session_left_s):
+            print(f"{unit.id}: not started (~{unit.est_s / 60:.1f} min estimated, {session_left_s / 60:.1f} min left "
+                  "to this session; its cache would not outlive the session)")
+            continue
         ran.append(unit.id)
         with adm.qkv_layout(attention_qkv_contiguous(unit.kind)):  # the layout a unit of its kind runs with (plan.py)
             if unit.kind == "sample":
