@@ -20,14 +20,6 @@ GPU budget ending mid-plan leaves whole later arms unrun rather than half of eve
 (training, seed-0 w-curve, its control points, its claims' step points), the sample grids after aligned_w2, then the
 other step points of every arm, DDPM 250 last. The report lists what is left.
 
-Amendment 3 (2026-12-02, before any unit but the standard curve's strided points had run), run order only: a
-machine's cache, trained weights included, does not outlive the session that made it, so each unit needing the
-standard model runs right after it, while its weights are there: standard's training, w-curve and claims' step
-points, the control points of every aligned arm and standard's sample grids, then the fine-tuned arm (trained from
-standard) with its curve and claims' points. Each from-scratch arm follows as one block (training,
-curve, claims' points, its sample grids), so that a session trains it once and uses it; the other step points of
-every arm and DDPM 250 stay last (each may need its arm trained again). Nothing a unit computes changes.
-
 Amendment 2 (2026-12-01), before any arm but standard was trained: sampling units run with the attention's q/k/v
 contiguous (``plan.attention_qkv_contiguous``; the standard curve's strided points are kept apart and run again).
 The retrained standard model was lost with the machine cache that held it, so it is trained again from its seed.
@@ -39,6 +31,14 @@ The measurement (2026-12-02, H200, CUDA-graphed compiled step, 360 steps per lay
 benchmarks/results/cifar_train_layouts_h200.json): 23.98 ms a step contiguous against 26.51 ms strided, 9.5% less
 time (10.6% more images/s). Read as the sampling rule was read (the share of step time saved,
 ``plan.attention_qkv_contiguous``), that is below 10%, so every training unit stays strided, standard included.
+
+Amendment 3 (2026-12-02, before any unit but the standard curve's strided points had run), run order only: a
+machine's cache, trained weights included, does not outlive the session that made it, so each unit needing the
+standard model runs right after it, while its weights are there: standard's training, w-curve and claims' step
+points, the control points of every aligned arm and standard's sample grids, then the fine-tuned arm (trained from
+standard) with its curve and claims' points. Each from-scratch arm follows as one block (training,
+curve, claims' points, its sample grids), so that a session trains it once and uses it; the other step points of
+every arm and DDPM 250 stay last (each may need its arm trained again). Nothing a unit computes changes.
 """
 
 from __future__ import annotations
