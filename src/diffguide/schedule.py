@@ -212,7 +212,7 @@ class NoiseSchedule:
         return (1.0 - self.alphas_cumprod_prev) * np.sqrt(1.0 - self.betas) / (1.0 - self.alphas_cumprod)
 
     def _table(self, name: str, device) -> Tensor:
-        """Array ``name`` on ``device``, copied there once (a host-to-device copy per step would be one per call)."""
+        """Array ``name`` on ``device``, copied there on first use and kept (not copied again every step)."""
         key = (name, torch.device(device))
         table = self._cache.get(key)
         if table is None:

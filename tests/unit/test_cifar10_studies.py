@@ -87,14 +87,17 @@ def test_aligned_plan_is_issue_14_protocol():
     assert units[-1].params["sampler"] == "ddpm"  # DDPM 250, the reference point, runs last
     # amendment 3: all that needs the standard model's weights (but the non-claim step points) precedes the first
     # from-scratch aligned arm, which is trained once and used as one block before the next arm is trained
-    first_scratch = [u.id for u in units].index("aligned_w1")
+    ids = [u.id for u in units]
     claim_points = set(aligned_plan.CLAIM_STEP_POINTS)
-    def block(u):
+
+    def in_block(u):
         return u.params.get("group") != "steps" or (u.params["sampler"], u.params["steps"]) in claim_points
-    uses = {arm: [i for i, u in enumerate(units) if block(u) and arm in (u.id, *u.needs)] for arm in aligned_plan.ARMS}
-    assert max(uses["standard"] + uses["aligned_ft_w1"]) < first_scratch
+
+    uses = {arm: [i for i, u in enumerate(units) if in_block(u) and arm in (u.id, *u.needs)]
+            for arm in aligned_plan.ARMS}
+    assert max(uses["standard"] + uses["aligned_ft_w1"]) < ids.index("aligned_w1")
     for arm, nxt in (("aligned_w1", "aligned_w2"), ("aligned_w2", "aligned_w1_stopgrad")):
-        assert min(uses[arm]) == [u.id for u in units].index(arm) and max(uses[arm]) < [u.id for u in units].index(nxt)
+        assert min(uses[arm]) == ids.index(arm) and max(uses[arm]) < ids.index(nxt)
     train = {u.id: u.params for u in units if u.kind == "train"}
     assert train["standard"]["steps"] == 23679 and train["aligned_ft_w1"]["steps"] == 2368  # 10% of the budget
     assert train["aligned_ft_w1"]["init_from"] == "standard"

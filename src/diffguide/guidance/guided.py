@@ -111,15 +111,13 @@ class GuidedDenoiser:
         """``grad`` with non-finite samples zeroed (with ``on_nonfinite='raise'`` too: the run raises at its end, and
         zeroing keeps a NaN from spreading through batch-level objectives meanwhile); recorded on the device."""
         bad = ~torch.isfinite(grad.flatten(1)).all(1)
-        call = len(self._calls)
-        self._calls.append(i)
-        first = torch.where(bad, call, -1)
         if self._nonfinite_count is None:
-            self._nonfinite_count, self._first_nonfinite_call = bad.sum(), first
-        else:
-            self._nonfinite_count = self._nonfinite_count + bad.sum()
-            seen = self._first_nonfinite_call >= 0
-            self._first_nonfinite_call = torch.where(seen, self._first_nonfinite_call, first)
+            self._nonfinite_count = torch.zeros((), dtype=torch.long, device=bad.device)
+            self._first_nonfinite_call = torch.full(bad.shape, -1, dtype=torch.long, device=bad.device)
+        self._nonfinite_count += bad.sum()
+        first = self._first_nonfinite_call
+        self._first_nonfinite_call = torch.where(bad & (first < 0), len(self._calls), first)
+        self._calls.append(i)
         return torch.where(bad.reshape(-1, *([1] * (grad.ndim - 1))), torch.zeros_like(grad), grad)
 
     @property
