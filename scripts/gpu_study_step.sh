@@ -6,6 +6,12 @@
 #   bash scripts/gpu_study_step.sh run STUDY BUDGET_S [PATTERNS] [SESSION_LEFT_S]
 #        runner.run_next ('' for all patterns; SESSION_LEFT_S: the lease's budget_left_s, so that no training starts
 #        that the session cannot finish); results + report -> $OUT/results_STUDY.tgz
+#   bash scripts/gpu_study_step.sh start STUDY SESSION_LEFT_S [PATTERNS]
+#        the same in one detached process that outlives the call (while the machine stays warm) with the session's
+#        time as its budget, less END_MARGIN_S: it compiles each network once, and no unit waits for the next call
+#   bash scripts/gpu_study_step.sh wait STUDY WAIT_S
+#        wait up to WAIT_S for that process; its log, and results + report -> $OUT/results_STUDY.tgz, either way;
+#        exit 0 while it runs, its exit status once it has ended, 3 if it is gone without one (killed)
 #   bash scripts/gpu_study_step.sh export STUDY UNIT FIRST LAST    # a trained unit's release -> $OUT in 15 MiB pieces
 #   bash scripts/gpu_study_step.sh import STUDY UNIT FOLDER        # a trained unit brought back earlier, into the cache
 # Here (the machine the pieces came back to):
@@ -15,19 +21,43 @@
 set -euo pipefail
 STAGE=${STAGE:-/root/stage} RESULTS=${RESULTS:-/root/results} CACHE=${CACHE:-$HOME/.cache/diffguide-studies}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-step=${1:?"step: run, export, import, receive or results"}; study=${2:?"STUDY: cifar10_guidance or cifar10_cfg_aligned"}
+step=${1:?"step: run, start, wait, export, import, receive or results"}; study=${2:?"STUDY: cifar10_guidance or cifar10_cfg_aligned"}
 case "$study" in cifar10_guidance|cifar10_cfg_aligned) ;; *) echo "STUDY: unknown study '$study'" >&2; exit 2 ;; esac
+END_MARGIN_S=${END_MARGIN_S:-90}  # start: the last wait call's tarball and return, before the session's time ends
+study_units() {  # BUDGET_S PATTERNS SESSION_LEFT_S: runner.run_next from the committed JSONs (finished units skipped)
+  mkdir -p "$RESULTS/$study"
+  for f in "docs/results/$study"/*.json; do [ -e "$RESULTS/$study/$(basename "$f")" ] || cp "$f" "$RESULTS/$study/"; done
+  python "scripts/${study}_study.py" --shared "$STAGE" --model "$STAGE/cifar10-cond-17m-v0" \
+    --data "$STAGE/cifar10-jpeg-q75.tar.gz" --inception "$STAGE/inception-2015-12-05-fid-features.pt" \
+    --classifiers "$STAGE/classifiers" --cache "$CACHE" --results "$RESULTS/$study" --report "$RESULTS/$study.md" \
+    --budget-s "$1" ${2:+--only "$2"} ${3:+--session-left-s "$3"}
+}
+results_out() {  # the finished units come back even when a later one stopped the command (e.g. out of memory)
+  tar czf "$OUT/results_$study.tgz" -C "$RESULTS" "$study" $(cd "$RESULTS" && ls "$study.md" 2>/dev/null || true)
+}
+alive() { [ -f "$RESULTS/$study.pid" ] && kill -0 "$(cat "$RESULTS/$study.pid")" 2>/dev/null; }
 case "$step" in
   run)
-    mkdir -p "$RESULTS/$study"  # a fresh machine starts from the committed JSONs, so finished units are skipped
-    for f in "docs/results/$study"/*.json; do [ -e "$RESULTS/$study/$(basename "$f")" ] || cp "$f" "$RESULTS/$study/"; done
-    python "scripts/${study}_study.py" --shared "$STAGE" --model "$STAGE/cifar10-cond-17m-v0" \
-      --data "$STAGE/cifar10-jpeg-q75.tar.gz" --inception "$STAGE/inception-2015-12-05-fid-features.pt" \
-      --classifiers "$STAGE/classifiers" --cache "$CACHE" --results "$RESULTS/$study" --report "$RESULTS/$study.md" \
-      --budget-s "${3:?BUDGET_S}" ${4:+--only "$4"} ${5:+--session-left-s "$5"} || status=$?
-    # the finished units come back even when a later one stopped the command (e.g. out of memory)
-    tar czf "$OUT/results_$study.tgz" -C "$RESULTS" "$study" $(cd "$RESULTS" && ls "$study.md" 2>/dev/null || true)
-    exit "${status:-0}" ;;
+    study_units "${3:?BUDGET_S}" "${4:-}" "${5:-}" || status=$?
+    results_out; exit "${status:-0}" ;;
+  start)
+    left=${3:?SESSION_LEFT_S}; ! alive || { echo "start: a $study worker is running (pid $(cat "$RESULTS/$study.pid"))" >&2; exit 1; }
+    [ "$left" -gt "$END_MARGIN_S" ] || { echo "start: SESSION_LEFT_S $left leaves nothing after END_MARGIN_S" >&2; exit 2; }
+    mkdir -p "$RESULTS"; rm -f "$RESULTS/$study.rc"
+    setsid nohup bash "$0" _worker "$study" "$((left - END_MARGIN_S))" "${4:-}" "$left" \
+      > "$RESULTS/$study.log" 2>&1 < /dev/null &
+    echo $! > "$RESULTS/$study.pid"; sleep 2
+    alive || [ -f "$RESULTS/$study.rc" ] || { echo "start: the worker is gone at once; its log:" >&2; tail "$RESULTS/$study.log" >&2; exit 1; }
+    echo "started: pid $(cat "$RESULTS/$study.pid"), log $RESULTS/$study.log" ;;
+  _worker)
+    study_units "$3" "$4" "$5" && echo 0 > "$RESULTS/$study.rc" || echo $? > "$RESULTS/$study.rc" ;;
+  wait)
+    [ -f "$RESULTS/$study.pid" ] || { echo "wait: no $study worker was started on this machine" >&2; exit 2; }
+    end=$((SECONDS + ${3:?WAIT_S})); while alive && [ "$SECONDS" -lt "$end" ]; do sleep "${POLL_S:-5}"; done
+    grep -v "^  \(waiting\|ready\|blocked\)" "$RESULTS/$study.log" | tail -40 || true; results_out
+    if alive; then echo "worker: running"
+    elif [ -f "$RESULTS/$study.rc" ]; then echo "worker: ended, exit $(cat "$RESULTS/$study.rc")"; exit "$(cat "$RESULTS/$study.rc")"
+    else echo "worker: gone without an exit status (killed with its call?): use run" >&2; exit 3; fi ;;
   export)
     unit=${3:?UNIT}; first=${4:?FIRST}; last=${5:?LAST}; EXPORT=${EXPORT:-/root/export} pack=$EXPORT/$study.$unit.tar
     mkdir -p "$EXPORT"
@@ -58,5 +88,5 @@ case "$step" in
       [ -e "docs/results/$study/$(basename "$f")" ] || cp "$f" "docs/results/$study/"
     done
     rm -r "$tmp"; ls "docs/results/$study" | wc -l ;;
-  *) echo "step: expected run, export, import, receive or results, got '$step'" >&2; exit 2 ;;
+  *) echo "step: expected run, start, wait, export, import, receive or results, got '$step'" >&2; exit 2 ;;
 esac

@@ -728,3 +728,37 @@ def test_a_training_starts_only_if_it_fits_the_session(tmp_path):
     assert fits_session(train, tmp_path, None) and fits_session(sample, tmp_path, 10.0)
     (tmp_path / "train" / "arm").mkdir(parents=True)  # started here: its checkpoint is in this cache
     assert fits_session(train, tmp_path, 10.0)
+
+
+def test_the_runner_counts_compilation_and_the_session_clock(tmp_path, monkeypatch):
+    """run_next on a fake clock where each unit takes its estimate, plus FIRST_COMPILE_S (75 s) for the first of its
+    compile key in the process. Budget 200 s: CFG seed 1 starts (60 + 75 = 135 ≤ 200, clock 135), CFG seed 2 (60 ≤ 65,
+    clock 195), then no guidance would need 60 + 75 > 5 and the command stops. Without the allowance the first unit
+    would be believed to take 60 s and the budget would overrun by 75 s; a run starting with budget 130 must not
+    start it at all (135 > 130). The session clock: with 250 s left to the session at the start, a training of
+    estimate 100 s is not started after the two CFG units (250 − 195 = 55 left), though it fits 250."""
+    from diffguide.studies.cifar10 import runner
+    from diffguide.studies.cifar10.plan import FIRST_COMPILE_S, Unit
+    from diffguide.studies.cifar10.runner import Study, start_estimate
+
+    assert FIRST_COMPILE_S == 75.0
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "monotonic", lambda: clock[0])
+    methods = {"cfg": {"guide": None, "cfg": True}, "none": {"guide": None}}
+    units = [Unit(f"final__cfg__seed{s}", "sample", {"method": "cfg", "scale": 1.0}, (), 60.0) for s in (1, 2)]
+    units += [Unit("model", "train", {}, (), 100.0),
+              Unit("final__none__seed1", "sample", {"method": "none", "scale": 0.0}, (), 60.0)]
+    study = Study("s", units, methods, {})
+    seen = set()
+
+    def fake_sample(study, unit, cache, results_dir, results):
+        clock[0] += start_estimate(study, unit, seen)
+        seen.add(runner.compile_key(study, unit))
+        (results_dir / f"{unit.id}.json").write_text("{}")
+
+    monkeypatch.setattr(runner, "run_sample", fake_sample)
+    monkeypatch.setattr(runner, "run_training", lambda *a: pytest.fail("the training must not start"))
+    assert run_next(study, tmp_path / "c", tmp_path / "short", budget_s=130)["ran"] == []
+    out = run_next(study, tmp_path / "c", tmp_path / "r", budget_s=200, session_left_s=250)
+    assert out["ran"] == ["final__cfg__seed1", "final__cfg__seed2"] and clock[0] == 195.0
+    assert start_estimate(study, units[3], seen) == 135.0 and start_estimate(study, units[1], seen) == 60.0

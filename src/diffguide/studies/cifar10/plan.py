@@ -16,8 +16,9 @@ guide compiled, benchmarks/results/guided_step_h200.json: an x̂0 ResNet-32 step
 units' noise-aware steps, 163–169 ms at batch 2,500 against 127.1: ×1.29; ×1.4 before the guide was compiled);
 training 4,683 img/s at batch 128 plus 100 s of compilation per command; scoring (Inception features, FID, KID,
 PRDC, the judge) 5 s per unit (17.7–23.6 s measured before the scoring kept its networks and ran on the GPU; 3.2–3.7 s
-in the ADM-G units after the first of a process). Estimates only order and budget the work: a unit that runs over
-its estimate still finishes within the command's 10 minutes (the budget leaves a minute).
+in the ADM-G units after the first of a process). Estimates only order and budget the work: the runner adds
+:data:`FIRST_COMPILE_S` to the first sampling unit of its networks in a process, and a unit that runs over its
+estimate still finishes within the command's 10 minutes (the budget leaves a minute).
 
 Diagnostic units (not scored by FID; their own JSON in the results folder, except ``trajectories``, a cache file):
 ``trajectories`` (x̂0 and x_t of unguided DDPM runs at fixed steps), ``calibration`` (one guiding classifier),
@@ -82,6 +83,11 @@ CFG_STEP_S = 1.0 / (263 * 50)  # seconds per image and sampler step with CFG (tw
 GUIDED_FACTOR = 1.3
 TRAIN_IMG_S = 4683.0
 COMPILE_S = 100.0
+FIRST_COMPILE_S = 75.0
+"""Seconds a sampling unit takes over its estimate when it is the first of its networks and shapes in a process
+(:func:`.runner.compile_key`): compilation. Measured in the noise-aware block's units (2026-12-02): 130 s for the
+first ADM-G final against 57 for the next ones; 20–27 s for the first of a kind whose graphs torch's compile cache
+on the machine already held. Without it a command's last unit could start with a minute left and run two."""
 SCORING_S = 5.0
 FEATURES_IMG_S = 2300.0  # the reference's Inception features, benchmarks/results/cifar_fid_features_h200.json
 EAGER_FACTOR = 3.0

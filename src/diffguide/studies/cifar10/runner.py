@@ -20,7 +20,7 @@ import torch
 
 from ...io import atomic_write_text
 from ...nets import adm
-from .plan import Unit, attention_qkv_contiguous, sampling_variance
+from .plan import FIRST_COMPILE_S, Unit, attention_qkv_contiguous, sampling_variance
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
 GRID_GROUPS = ("grid", "wcurve")
@@ -416,31 +416,53 @@ def fits_session(unit: Unit, cache: Path, session_left_s: float | None) -> bool:
     return unit.est_s <= session_left_s
 
 
+def compile_key(study: Study, unit: Unit):
+    """What a sampling unit compiles the first time it runs in a process: its networks (the arm's diffusion model,
+    the guide) and their shapes (CFG's batched [cond, ∅] pair). None for the other kinds, which run eagerly or count
+    their compilation in their estimate."""
+    if unit.kind != "sample":
+        return None
+    spec = study.methods[unit.params["method"]]
+    return spec.get("arm"), spec.get("guide"), bool(spec.get("cfg"))
+
+
+def start_estimate(study: Study, unit: Unit, compiled: set) -> float:
+    """Seconds ``unit`` is expected to take in this process: its plan estimate, plus :data:`~.plan.FIRST_COMPILE_S`
+    if nothing with its :func:`compile_key` has run in the process yet (``compiled``: the keys that have)."""
+    if study.tiny:
+        return 0.0
+    key = compile_key(study, unit)
+    return unit.est_s + (FIRST_COMPILE_S if key is not None and key not in compiled else 0.0)
+
+
 def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: float = 540.0, only=None,
              session_left_s: float | None = None) -> dict:
-    """Run the first unfinished units in plan order while the budget lasts (a unit starts only if its estimate fits,
-    or if it is a resumable training, which starts only if it fits ``session_left_s``: :func:`fits_session`);
-    ``only``: shell patterns of unit ids to consider (None: all). Returns {'ran': [...], 'finished': [...],
-    'left': n}. Prints what is left."""
+    """Run the first unfinished units in plan order while the budget lasts (a unit starts only if its estimate in
+    this process fits, :func:`start_estimate`, or if it is a resumable training, which starts only if it fits what is
+    left of ``session_left_s`` when it would start: :func:`fits_session`); ``only``: shell patterns of unit ids to
+    consider (None: all). Returns {'ran': [...], 'finished': [...], 'left': n}. Prints what is left."""
     cache = Path(cache_dir).expanduser() / study.name
     results_dir = Path(results_dir)
     cache.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + budget_s
-    ran, finished = [], []
+    start = time.monotonic()
+    deadline = start + budget_s
+    ran, finished, compiled = [], [], set()
     results = load_results(results_dir)
     for unit in study.units:
         if not selected(unit, only) or unit_state(study, unit, cache, results) != "ready":
             continue
-        remaining = deadline - time.monotonic()
-        estimate = 0.0 if study.tiny else unit.est_s
-        if remaining <= 0 or (unit.kind not in RESUMABLE_KINDS and estimate > remaining):
+        now = time.monotonic()
+        remaining = deadline - now
+        if remaining <= 0 or (unit.kind not in RESUMABLE_KINDS and start_estimate(study, unit, compiled) > remaining):
             break
-        if not fits_session(unit, cache, None if study.tiny else session_left_s):
-            print(f"{unit.id}: not started (~{unit.est_s / 60:.1f} min estimated, {session_left_s / 60:.1f} min left "
+        session_left = None if session_left_s is None or study.tiny else session_left_s - (now - start)
+        if not fits_session(unit, cache, session_left):
+            print(f"{unit.id}: not started (~{unit.est_s / 60:.1f} min estimated, {session_left / 60:.1f} min left "
                   "to this session; its cache would not outlive the session)")
             continue
         ran.append(unit.id)
+        compiled.add(compile_key(study, unit))
         with adm.qkv_layout(attention_qkv_contiguous(unit.kind)):  # the layout a unit of its kind runs with (plan.py)
             if unit.kind == "sample":
                 run_sample(study, unit, cache, results_dir, results)
@@ -453,6 +475,7 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
             elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
                 break
         finished.append(unit.id)
+        print(f"{unit.id}: finished in {time.monotonic() - now:.0f} s", flush=True)  # a detached worker's log
         results = load_results(results_dir)  # what the unit wrote decides what is ready next
     print(describe(study, cache_dir, results_dir))
     left = sum(unit_state(study, u, cache, results) not in ("done", "not needed") for u in study.units)
