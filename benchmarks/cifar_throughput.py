@@ -12,7 +12,9 @@
     python benchmarks/cifar_throughput.py --model M --tiny --out /tmp/cifar.json      # a quick CPU check of the script
 
 ``--qkv-layouts contiguous,strided`` adds fast training (batch 128) and sampling rows with the attention layout used
-before 2026-12-01 (SDPA's math kernel), side by side; ``--compile-modes`` other torch.compile modes for sampling.
+before 2026-12-01 (SDPA's math kernel), side by side; ``--memory-formats channels_last,contiguous`` fast training
+(batch 128) and sampling rows with the networks in each memory format; ``--compile-modes`` other torch.compile
+modes for sampling.
 
 Prints a table per section and writes JSON (atomically) to ``--out``.
 """
@@ -35,7 +37,7 @@ from diffguide.guidance import ClassifierFree, Guidance
 from diffguide.io import atomic_write_text
 from diffguide.sampling import generate
 from diffguide.train import TrainConfig, train
-from common import add_qkv_layouts_argument, layout  # (this folder is on sys.path)
+from common import add_memory_formats_argument, add_qkv_layouts_argument, layout, memory_format  # (on sys.path)
 
 
 def _sync(device):
@@ -152,6 +154,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
     parser.add_argument("--fast-only", action="store_true", help="skip the eager (previous) variants")
     add_qkv_layouts_argument(parser)
+    add_memory_formats_argument(parser)
     parser.add_argument("--compile-modes", default="default",
                         help="comma-separated torch.compile modes of the fast sampling variant, each a row (e.g. "
                              "'default,max-autotune-no-cudagraphs')")
@@ -168,26 +171,29 @@ def main(argv=None) -> dict:
     if "train" in sections:
         interval = max(args.train_steps // 6, 1)
         small = 8 if args.tiny else 128
-        variants = ((small, False, args.qkv_layouts[0]), *((small, True, name) for name in args.qkv_layouts),
-                    (args.big_batch, True, args.qkv_layouts[0]))
-        for batch, fast, layout_name in (v for v in variants if v[1] or not args.fast_only):
-            with layout(layout_name):
+        qkv, fmt = args.qkv_layouts[0], args.memory_formats[0]
+        variants = ((small, False, qkv, fmt), *((small, True, name, f) for f in args.memory_formats
+                                                for name in args.qkv_layouts), (args.big_batch, True, qkv, fmt))
+        for batch, fast, layout_name, format_name in (v for v in variants if v[1] or not args.fast_only):
+            with layout(layout_name), memory_format(format_name):
                 rows.append(bench_train(args.model, scratch / f"train-{len(rows)}", batch=batch,
                                         steps=args.train_steps, interval=interval,
                                         fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
-            rows[-1]["qkv_layout"] = layout_name
+            rows[-1].update(qkv_layout=layout_name, memory_format=format_name if rows[-1]["fast"] else "eager")
             print(rows[-1], flush=True)
     if "sample" in sections:
         modes = [None if m == "default" else m for m in args.compile_modes.split(",")]
         first = args.qkv_layouts[0]
-        variants = ((256 if not args.tiny else 4, False, None, first), (args.sample_batch, False, None, first),
-                    *((args.sample_batch, True, mode, name) for mode in modes for name in args.qkv_layouts))
-        for batch, fast, mode, layout_name in (v for v in variants if v[1] or not args.fast_only):
+        fmt = args.memory_formats[0]
+        variants = ((256 if not args.tiny else 4, False, None, first, fmt), (args.sample_batch, False, None, first, fmt),
+                    *((args.sample_batch, True, mode, name, f) for mode in modes for f in args.memory_formats
+                      for name in args.qkv_layouts))
+        for batch, fast, mode, layout_name, format_name in (v for v in variants if v[1] or not args.fast_only):
             model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
-            with layout(layout_name):
+            with layout(layout_name), memory_format(format_name):
                 rows.append(bench_sample(model, num_samples=args.num_samples, batch=batch,
                                          fast=fast and device.type == "cuda", device=device, compile_mode=mode))
-            rows[-1]["qkv_layout"] = layout_name
+            rows[-1].update(qkv_layout=layout_name, memory_format=format_name if rows[-1]["fast"] else "eager")
             print(rows[-1], flush=True)
     if "fid" in sections and args.inception:
         variants = (((64, False, False), (64, True, False), (250, True, False), (500, True, False), (250, True, True),
@@ -202,10 +208,10 @@ def main(argv=None) -> dict:
     print(f"{'section':<7} {'fast':<5} {'batch':>6} {'images/s':>10}  notes")
     for r in rows:
         notes = {"train": lambda: f"{r['steps_per_s']:.1f} steps/s, first interval {r['first_interval_s']:.0f} s"
-                          f", {r['qkv_layout']} q/k/v",
+                          f", {r['qkv_layout']} q/k/v, {r['memory_format']}",
                  "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s"
                                    + (f", compile mode {r['compile_mode']}" if r.get("compile_mode") else "")
-                                   + f", {r['qkv_layout']} q/k/v",
+                                   + f", {r['qkv_layout']} q/k/v, {r['memory_format']}",
                  "fid": lambda: f"{r['num_images']} images" + (", channels-last, features within "
                                   f"{r['max_abs_feature_change_vs_default_layout']:.2g} of the default layout"
                                   if r.get("channels_last") else "")}[r["section"]]()
