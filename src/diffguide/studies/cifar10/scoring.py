@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...accel import file_identity, kept
+from ...accel import cudnn_autotune, file_identity, kept
 from .runner import Study
 
 
@@ -52,11 +52,13 @@ def judge_predictions(spec: str, images: np.ndarray, device) -> np.ndarray:
     model = judge(spec, device)
     device = next(model.parameters()).device
     predictions = []
-    with torch.no_grad(), full_fp32():  # on a GPU as on the CPU: fp32, never TF32 (predictions only move at ties)
+    # on a GPU as on the CPU: fp32, never TF32; cuDNN's autotuning picks among exact fp32 algorithms (predictions only
+    # move at ties), as for the FID features
+    with torch.no_grad(), full_fp32(), cudnn_autotune(device.type == "cuda"):
         for start in range(0, len(images), 2500):
             x = torch.from_numpy(images[start:start + 2500]).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
-            predictions.append(model(x).argmax(1).cpu().numpy())
-    return np.concatenate(predictions)
+            predictions.append(model(x).argmax(1))  # read once, at the end: no wait on the GPU per batch
+    return torch.cat(predictions).cpu().numpy()
 
 
 def score(study: Study, cache: Path, device, images: np.ndarray, labels: np.ndarray, *, seed: int,
