@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from pathlib import Path
+from unittest import mock
 
 from diffguide.nets.adm import qkv_layout
 
@@ -22,12 +22,19 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=2500, help="images per batch (the studies' batch on a GPU)")
 
 
-def _layouts(text: str) -> list[str]:
-    names = text.split(",") if text else []
-    unknown = [n for n in names if n not in QKV_LAYOUTS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(QKV_LAYOUTS)}, got {text!r}")
+def _subset_of(choices: dict):
+    """An argparse type: a comma-separated subset of ``choices``' names, as a list in the order given."""
+
+    def names(text: str) -> list[str]:
+        given = text.split(",") if text else []
+        if any(n not in choices for n in given):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}, got {text!r}")
+        return given
+
     return names
+
+
+_layouts = _subset_of(QKV_LAYOUTS)
 
 
 def add_qkv_layouts_argument(parser: argparse.ArgumentParser, default: str = "contiguous") -> None:
@@ -48,11 +55,7 @@ MEMORY_FORMATS = {"channels_last": "1", "contiguous": "0"}
 channels-last, the default, and the module's own (contiguous) format."""
 
 
-def _memory_formats(text: str) -> list[str]:
-    names = text.split(",") if text else []
-    if any(n not in MEMORY_FORMATS for n in names):
-        raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(MEMORY_FORMATS)}, got {text!r}")
-    return names
+_memory_formats = _subset_of(MEMORY_FORMATS)
 
 
 def add_memory_formats_argument(parser: argparse.ArgumentParser, default: str = "channels_last") -> None:
@@ -62,15 +65,6 @@ def add_memory_formats_argument(parser: argparse.ArgumentParser, default: str = 
                              f"channels_last (the default) and contiguous [default: {default}]")
 
 
-@contextlib.contextmanager
 def memory_format(name: str):
     """The context in which :func:`diffguide.accel.fast_module` puts networks in memory format ``name``."""
-    saved = os.environ.get("DIFFGUIDE_CHANNELS_LAST")
-    os.environ["DIFFGUIDE_CHANNELS_LAST"] = MEMORY_FORMATS[name]
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["DIFFGUIDE_CHANNELS_LAST"]
-        else:
-            os.environ["DIFFGUIDE_CHANNELS_LAST"] = saved
+    return mock.patch.dict(os.environ, {"DIFFGUIDE_CHANNELS_LAST": MEMORY_FORMATS[name]})
