@@ -11,7 +11,9 @@
 #        time as its budget, less END_MARGIN_S: it compiles each network once, and no unit waits for the next call
 #   bash scripts/gpu_study_step.sh wait STUDY WAIT_S
 #        wait up to WAIT_S for that process; its log, and results + report -> $OUT/results_STUDY.tgz, either way;
-#        exit 0 while it runs, its exit status once it has ended, 3 if it is gone without one (killed)
+#        exit 0 while it runs, its exit status once it has ended, 3 if it is gone without one (killed). A training
+#        that finished on this machine (not one imported) ends the wait at once and comes back with it, SHIP_PIECES
+#        export pieces a call (default 3: 45 MiB), until all are out: weights leave the machine as soon as they exist
 #   bash scripts/gpu_study_step.sh export STUDY UNIT FIRST LAST    # a trained unit's release -> $OUT in 15 MiB pieces
 #   bash scripts/gpu_study_step.sh import STUDY UNIT FOLDER        # a trained unit brought back earlier, into the cache
 # Here (the machine the pieces came back to):
@@ -20,13 +22,16 @@
 # STUDY: cifar10_guidance or cifar10_cfg_aligned.
 set -euo pipefail
 STAGE=${STAGE:-/root/stage} RESULTS=${RESULTS:-/root/results} CACHE=${CACHE:-$HOME/.cache/diffguide-studies}
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # the worker's log shows each unit as it ends
+EXPORT=${EXPORT:-/root/export} SHIP_PIECES=${SHIP_PIECES:-3}
 step=${1:?"step: run, start, wait, export, import, receive or results"}; study=${2:?"STUDY: cifar10_guidance or cifar10_cfg_aligned"}
 case "$study" in cifar10_guidance|cifar10_cfg_aligned) ;; *) echo "STUDY: unknown study '$study'" >&2; exit 2 ;; esac
 END_MARGIN_S=${END_MARGIN_S:-90}  # start: the last wait call's tarball and return, before the session's time ends
 study_units() {  # BUDGET_S PATTERNS SESSION_LEFT_S: runner.run_next from the committed JSONs (finished units skipped)
   mkdir -p "$RESULTS/$study"
-  for f in "docs/results/$study"/*.json; do [ -e "$RESULTS/$study/$(basename "$f")" ] || cp "$f" "$RESULTS/$study/"; done
+  for f in "docs/results/$study"/*.json; do
+    [ ! -e "$f" ] || [ -e "$RESULTS/$study/$(basename "$f")" ] || cp "$f" "$RESULTS/$study/"
+  done
   python "scripts/${study}_study.py" --shared "$STAGE" --model "$STAGE/cifar10-cond-17m-v0" \
     --data "$STAGE/cifar10-jpeg-q75.tar.gz" --inception "$STAGE/inception-2015-12-05-fid-features.pt" \
     --classifiers "$STAGE/classifiers" --cache "$CACHE" --results "$RESULTS/$study" --report "$RESULTS/$study.md" \
@@ -34,6 +39,36 @@ study_units() {  # BUDGET_S PATTERNS SESSION_LEFT_S: runner.run_next from the co
 }
 results_out() {  # the finished units come back even when a later one stopped the command (e.g. out of memory)
   tar czf "$OUT/results_$study.tgz" -C "$RESULTS" "$study" $(cd "$RESULTS" && ls "$study.md" 2>/dev/null || true)
+}
+pack() {  # UNIT: the whole finished unit (its files differ: train, train-classifier, calibrate) but the resume
+  # checkpoint, as one tar in 15 MiB pieces with its sha256, once
+  local unit=$1 tar=$EXPORT/$study.$1.tar; mkdir -p "$EXPORT"; [ ! -f "$tar.sha256" ] || return 0
+  [ -f "$CACHE/$study/train/$unit/done.json" ] || { echo "export: $unit is not finished here" >&2; return 1; }
+  (cd "$CACHE/$study/train" && tar cf "$tar" --exclude "$unit/checkpoint.pt" "$unit")
+  (cd "$EXPORT" && sha256sum "$(basename "$tar")" > "$(basename "$tar").sha256" \
+    && split -d -b "${PIECE_SIZE:-15M}" "$(basename "$tar")" "$(basename "$tar").part")
+}
+unshipped() {  # the finished trainings made on this machine whose pieces have not all come back
+  local done unit
+  for done in "$CACHE/$study/train"/*/done.json; do
+    [ -e "$done" ] || continue; unit=$(basename "$(dirname "$done")")
+    [ -f "$EXPORT/$study.$unit.shipped" ] || echo "$unit"
+  done
+}
+ship() {  # up to SHIP_PIECES pieces of the unshipped trainings -> $OUT, with their sha256; the last marks it shipped
+  local budget=$SHIP_PIECES unit piece
+  for unit in $(unshipped); do
+    [ "$budget" -gt 0 ] || break; pack "$unit"; cp "$EXPORT/$study.$unit.tar.sha256" "$OUT/"
+    for piece in "$EXPORT/$study.$unit.tar".part??; do
+      [ "$budget" -gt 0 ] || break
+      [ -f "$piece.out" ] && continue; cp "$piece" "$OUT/" && touch "$piece.out"; budget=$((budget - 1))
+      echo "shipped: $(basename "$piece") of $(ls "$EXPORT/$study.$unit.tar".part?? | wc -l)"
+    done
+    if ! ls "$EXPORT/$study.$unit.tar".part?? | while read -r piece; do [ -f "$piece.out" ] || exit 1; done; then
+      continue
+    fi
+    touch "$EXPORT/$study.$unit.shipped"; echo "shipped: $unit complete (receive it here)"
+  done
 }
 alive() { [ -f "$RESULTS/$study.pid" ] && kill -0 "$(cat "$RESULTS/$study.pid")" 2>/dev/null; }
 case "$step" in
@@ -53,26 +88,21 @@ case "$step" in
     study_units "$3" "$4" "$5" && echo 0 > "$RESULTS/$study.rc" || echo $? > "$RESULTS/$study.rc" ;;
   wait)
     [ -f "$RESULTS/$study.pid" ] || { echo "wait: no $study worker was started on this machine" >&2; exit 2; }
-    end=$((SECONDS + ${3:?WAIT_S})); while alive && [ "$SECONDS" -lt "$end" ]; do sleep "${POLL_S:-5}"; done
-    grep -v "^  \(waiting\|ready\|blocked\)" "$RESULTS/$study.log" | tail -40 || true; results_out
+    end=$((SECONDS + ${3:?WAIT_S}))
+    while alive && [ "$SECONDS" -lt "$end" ] && [ -z "$(unshipped)" ]; do sleep "${POLL_S:-5}"; done
+    grep -v "^  \(waiting\|ready\|blocked\)" "$RESULTS/$study.log" | tail -40 || true; results_out; ship
     if alive; then echo "worker: running"
     elif [ -f "$RESULTS/$study.rc" ]; then echo "worker: ended, exit $(cat "$RESULTS/$study.rc")"; exit "$(cat "$RESULTS/$study.rc")"
     else echo "worker: gone without an exit status (killed with its call?): use run" >&2; exit 3; fi ;;
   export)
-    unit=${3:?UNIT}; first=${4:?FIRST}; last=${5:?LAST}; EXPORT=${EXPORT:-/root/export} pack=$EXPORT/$study.$unit.tar
-    mkdir -p "$EXPORT"
-    if [ ! -f "$pack.sha256" ]; then
-      [ -f "$CACHE/$study/train/$unit/done.json" ] || { echo "export: $unit is not finished here" >&2; exit 1; }
-      # the whole finished unit (its files differ: train, train-classifier, calibrate) but the resume checkpoint
-      (cd "$CACHE/$study/train" && tar cf "$pack" --exclude "$unit/checkpoint.pt" "$unit")
-      (cd "$EXPORT" && sha256sum "$(basename "$pack")" > "$(basename "$pack").sha256" \
-        && split -d -b 15M "$(basename "$pack")" "$(basename "$pack").part")
-    fi
-    cp "$pack.sha256" "$OUT/"
-    for i in $(seq -f %02g "$first" "$last"); do [ -f "$pack.part$i" ] && cp "$pack.part$i" "$OUT/"; done
+    unit=${3:?UNIT}; first=${4:?FIRST}; last=${5:?LAST}; pack "$unit"; cp "$EXPORT/$study.$unit.tar.sha256" "$OUT/"
+    for i in $(seq -f %02g "$first" "$last"); do
+      [ ! -f "$EXPORT/$study.$unit.tar.part$i" ] || cp "$EXPORT/$study.$unit.tar.part$i" "$OUT/"
+    done
     ls "$EXPORT" ;;
-  import)
-    unit=${3:?UNIT}; mkdir -p "$CACHE/$study/train" && cp -r "${4:?FOLDER}" "$CACHE/$study/train/$unit" ;;
+  import)  # brought back earlier: not shipped again
+    unit=${3:?UNIT}; mkdir -p "$CACHE/$study/train" "$EXPORT" && cp -r "${4:?FOLDER}" "$CACHE/$study/train/$unit" \
+      && touch "$EXPORT/$study.$unit.shipped" ;;
   receive)
     unit=${3:?UNIT}; cache=${4:?CACHE}; sum=$(realpath "${5:?SHA256}"); shift 5; tmp=$(mktemp -d)
     name="$study.$unit.tar"; cat "$@" > "$tmp/$name"

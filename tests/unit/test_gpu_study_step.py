@@ -23,13 +23,18 @@ def machine(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(
-        '#!/bin/bash\necho "$@" > "$ARGS_FILE"\nsleep "${STANDIN_SLEEP:-0}"\n'
+        '#!/bin/bash\necho "$@" > "$ARGS_FILE"\n'
+        'if [ -n "${STANDIN_TRAIN:-}" ]; then u="$CACHE/cifar10_guidance/train/$STANDIN_TRAIN"; mkdir -p "$u/model"\n'
+        '  head -c 3000 /dev/urandom > "$u/model/model.safetensors"; echo ckpt > "$u/checkpoint.pt"\n'
+        '  echo "{}" > "$u/done.json"; fi\n'
+        'sleep "${STANDIN_SLEEP:-0}"\n'
         'echo "unit_a: 1 s"; echo "  ready   unit_b"\n'
         'echo "{}" > "$RESULTS/cifar10_guidance/unit_a.json"\nexit "${STANDIN_RC:-0}"\n')
     (bin_dir / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RESULTS": str(tmp_path / "results"),
            "CACHE": str(tmp_path / "cache"), "STAGE": str(tmp_path / "stage"), "OUT": str(tmp_path / "out"),
-           "ARGS_FILE": str(tmp_path / "args.txt"), "POLL_S": "0.2", "END_MARGIN_S": "90"}
+           "ARGS_FILE": str(tmp_path / "args.txt"), "POLL_S": "0.2", "END_MARGIN_S": "90",
+           "EXPORT": str(tmp_path / "export")}
     (tmp_path / "out").mkdir()
 
     def step(*args, **extra):
@@ -78,3 +83,41 @@ def test_a_killed_worker_and_bad_arguments_are_named(machine):
     time.sleep(0.5)
     gone = step("wait", STUDY, "5")
     assert gone.returncode == 3 and "gone without an exit status" in gone.stderr
+
+
+def test_a_training_finished_on_the_machine_comes_back_piece_by_piece_as_soon_as_it_exists(machine):
+    """The worker trains (the stand-in writes a finished unit at once, then keeps running 20 s): the first wait
+    returns early with SHIP_PIECES pieces, the next with the rest and 'complete'; the joined pieces are the unit
+    but its resume checkpoint, checked by `receive`; an imported unit is never shipped again."""
+    tmp_path, step = machine
+    out = tmp_path / "out"
+    small = {"PIECE_SIZE": "4k", "SHIP_PIECES": "2"}  # tar pads to 10,240 bytes: 3 pieces of 4 KiB
+    assert step("start", STUDY, "300", STANDIN_SLEEP="20", STANDIN_TRAIN="clf").returncode == 0
+    began = time.monotonic()
+    first = step("wait", STUDY, "30", **small)
+    assert first.returncode == 0 and "worker: running" in first.stdout and time.monotonic() - began < 15
+    assert sorted(p.name for p in out.glob("*.part*")) == [f"{STUDY}.clf.tar.part00", f"{STUDY}.clf.tar.part01"]
+    assert "complete" not in first.stdout
+    back = tmp_path / "back"
+    back.mkdir()
+    for piece in out.iterdir():
+        (back / piece.name).write_bytes(piece.read_bytes())
+        piece.unlink()
+    second = step("wait", STUDY, "0", **small)
+    assert "shipped: clf complete" in second.stdout
+    assert [p.name for p in out.glob("*.part*")] == [f"{STUDY}.clf.tar.part02"]
+    (back / f"{STUDY}.clf.tar.part02").write_bytes((out / f"{STUDY}.clf.tar.part02").read_bytes())
+    (out / f"{STUDY}.clf.tar.part02").unlink()
+    third = step("wait", STUDY, "0", **small)
+    assert "shipped" not in third.stdout and not list(out.glob("*.part*"))
+    local = tmp_path / "local"
+    received = step("receive", STUDY, "clf", str(local), str(back / f"{STUDY}.clf.tar.sha256"),
+                    *sorted(str(p) for p in back.glob("*.part*")))
+    assert received.returncode == 0, received.stderr
+    unit = local / STUDY / "train" / "clf"
+    made = tmp_path / "cache" / STUDY / "train" / "clf"
+    assert (unit / "model" / "model.safetensors").read_bytes() == (made / "model" / "model.safetensors").read_bytes()
+    assert not (unit / "checkpoint.pt").exists()
+    assert step("import", STUDY, "imported", str(unit)).returncode == 0
+    fourth = step("wait", STUDY, "0", **small)
+    assert "shipped" not in fourth.stdout
