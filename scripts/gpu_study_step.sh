@@ -18,7 +18,8 @@
 #   bash scripts/gpu_study_step.sh import STUDY UNIT FOLDER        # a trained unit brought back earlier, into the cache
 # Here (the machine the pieces came back to):
 #   bash scripts/gpu_study_step.sh receive STUDY UNIT CACHE SHA256 PIECE...  # join, check, unpack into CACHE/STUDY/train
-#   bash scripts/gpu_study_step.sh results STUDY TGZ               # unpack returned JSONs + unit PNGs into docs/results/STUDY
+#   bash scripts/gpu_study_step.sh results STUDY TGZ               # unpack returned JSONs (trainings/ too) + unit PNGs
+#                                                                  # into docs/results/STUDY
 # STUDY: cifar10_guidance or cifar10_cfg_aligned.
 set -euo pipefail
 STAGE=${STAGE:-/root/stage} RESULTS=${RESULTS:-/root/results} CACHE=${CACHE:-$HOME/.cache/diffguide-studies}
@@ -113,9 +114,10 @@ case "$step" in
   results)
     tmp=$(mktemp -d); tar xzf "${3:?TGZ}" -C "$tmp"; mkdir -p "docs/results/$study"
     # metrics JSONs and the units' own pictures (sample grids, calibration); the report redraws its figure_*.png
-    for f in "$tmp/$study"/*.json "$tmp/$study"/*.png; do
+    for f in "$tmp/$study"/*.json "$tmp/$study"/*.png "$tmp/$study"/trainings/*.json; do
       case "$(basename "$f")" in figure_*|'*.json'|'*.png') continue ;; esac
-      [ -e "docs/results/$study/$(basename "$f")" ] || cp "$f" "docs/results/$study/"
+      rel=${f#"$tmp/$study/"}; mkdir -p "$(dirname "docs/results/$study/$rel")"
+      [ -e "docs/results/$study/$rel" ] || cp "$f" "docs/results/$study/$rel"
     done
     rm -r "$tmp"; ls "docs/results/$study" | wc -l ;;
   *) echo "step: expected run, start, wait, export, import, receive or results, got '$step'" >&2; exit 2 ;;

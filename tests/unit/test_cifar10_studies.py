@@ -175,6 +175,36 @@ def test_tiny_pipeline_runs_every_unit(tiny_run):
     assert record["metrics"]["num_samples"] == 24
 
 
+def test_each_result_names_the_weights_it_sampled_with(tiny_run, tmp_path):
+    """Every finished training leaves a record (its weights' SHA-256, computed here independently, and its steps);
+    every sampling record names the digest of the arm it sampled; the report counts the results per weights, and
+    results without a name (from before the records) are counted apart."""
+    import hashlib
+    import json
+
+    from diffguide.studies.cifar10.provenance import load_trainings
+    from diffguide.studies.cifar10.report import trainings_section
+
+    study, root, _ = tiny_run
+    cache = root / "cache" / study.name / "train"
+    trained = [u for u in study.units if u.kind == "train"]
+    digests = {u.id: hashlib.sha256((cache / u.id / "model" / "model.safetensors").read_bytes()).hexdigest()[:16]
+               for u in trained}
+    records = load_trainings(root / "results")
+    assert {(r["unit"], r["digest"]) for r in records} == set(digests.items())
+    assert all(r["steps"] == study.unit(r["unit"]).params["steps"] and r["final_loss"] > 0 for r in records)
+    results = load_results(root / "results")
+    samples = [r for r in results.values() if r.get("group") in ("wcurve", "steps")]
+    assert samples and all(r["weights"] == {r["method"]: digests[r["method"]]} for r in samples)
+    table = "\n".join(trainings_section(study, results, root / "results"))
+    arm = trained[0].id
+    using = sum(arm in r.get("weights", {}) for r in results.values())
+    assert f"| `{arm}` | `{digests[arm]}` | {trained[0].params['steps']} |" in table and table.count(f"| {using} |")
+    old = {k: {**v, "weights": {}} if k == samples[0]["unit"] else v for k, v in results.items()}
+    assert f"| `{samples[0]['method']}` | not recorded" in "\n".join(trainings_section(study, old, root / "results"))
+    assert json.loads(json.dumps(records)) == records  # plain JSON
+
+
 def test_scoring_with_the_kept_assets_gives_the_numbers_of_a_fresh_load(tiny_run):
     """The units of one process share the Inception network, the reference (and its k-NN radii) and the judge
     (accel.kept); scoring a unit's samples again with everything loaded afresh gives exactly its recorded metrics

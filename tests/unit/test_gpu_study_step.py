@@ -121,3 +121,24 @@ def test_a_training_finished_on_the_machine_comes_back_piece_by_piece_as_soon_as
     assert step("import", STUDY, "imported", str(unit)).returncode == 0
     fourth = step("wait", STUDY, "0", **small)
     assert "shipped" not in fourth.stdout
+
+
+def test_results_unpacks_new_jsons_and_training_records_and_keeps_what_is_there(tmp_path):
+    """`results` (here, in a checkout's root) copies the tarball's unit JSONs, unit PNGs and trainings/ records into
+    docs/results/STUDY, skips the report's figures, and never replaces a file the checkout already has."""
+    packed = tmp_path / "packed" / STUDY
+    (packed / "trainings").mkdir(parents=True)
+    for name, text in (("a.json", "new"), ("old.json", "new"), ("figure_fid.png", "figure"), ("grid.png", "grid"),
+                       ("trainings/arm__0123.json", "record")):
+        (packed / name).write_text(text)
+    with tarfile.open(tmp_path / "r.tgz", "w:gz") as tgz:
+        tgz.add(packed, arcname=STUDY)
+    checkout = tmp_path / "checkout"
+    (checkout / "docs" / "results" / STUDY).mkdir(parents=True)
+    (checkout / "docs" / "results" / STUDY / "old.json").write_text("committed")
+    done = subprocess.run(["bash", str(SCRIPT), "results", STUDY, str(tmp_path / "r.tgz")], cwd=checkout,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = {str(p.relative_to(checkout / "docs" / "results" / STUDY)): p.read_text()
+           for p in (checkout / "docs" / "results" / STUDY).rglob("*") if p.is_file()}
+    assert got == {"a.json": "new", "old.json": "committed", "grid.png": "grid", "trainings/arm__0123.json": "record"}

@@ -13,6 +13,7 @@ from ...io import atomic_write_text
 from .. import verdict
 from . import aligned_plan, guidance_plan, report_plots as plots
 from .plan import STRIDED_RESULTS_SUFFIX, TRAINING_KINDS
+from .provenance import load_trainings
 from .report_diagnostics import aligned_grids_section, calibration_section, gradnorm_section, sample_grids_section
 from .runner import RECREATED_KINDS, Study, chosen_scale, grid_scales, load_results, needed, runs, unit_state
 
@@ -121,6 +122,37 @@ def strided_section(results: dict, results_dir) -> list[str]:
     return lines + [""]
 
 
+def trainings_section(study: Study, results: dict, results_dir) -> list[str]:
+    """Every training of the plan's trained units that left a record (:mod:`.provenance`), and how many committed
+    results sampled with each one's weights; results from before the records were kept name no weights."""
+    trained = [u for u in study.units if u.kind in TRAINING_KINDS]
+    records = load_trainings(results_dir)
+    users = defaultdict(int)
+    unnamed = defaultdict(int)
+    for record in results.values():
+        for uid in {n for u in study.units if u.id == record.get("unit") for n in u.needs} & {u.id for u in trained}:
+            if uid in record.get("weights", {}):
+                users[uid, record["weights"][uid]] += 1
+            else:
+                unnamed[uid] += 1
+    if not records and not unnamed:
+        return []
+    lines = ["## Trainings", "", "A trained unit's weights stay in the cache of the machine that made it; a later "
+             "session trains it again from the same seed (GPU training need not be bitwise deterministic). Each "
+             "result names the weights it used by their SHA-256 (16 hex digits).", "",
+             "| unit | weights | steps | training s | steps/s | final loss | GPU | finished | results using them |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        loss = "–" if r["final_loss"] is None else f"{r['final_loss']:.4g}"
+        rate = "–" if r["steps_per_s"] is None else f"{r['steps_per_s']:.1f}"
+        seconds = "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        lines.append(f"| `{r['unit']}` | `{r['digest']}` | {r['steps']} | {seconds} | {rate} | {loss} | {r['gpu']} | "
+                     f"{r['finished']} | {users[r['unit'], r['digest']]} |")
+    lines += [f"| `{uid}` | not recorded (trained before the records were kept) | | | | | | | {n} |"
+              for uid, n in sorted(unnamed.items())]
+    return lines + [""]
+
+
 def not_yet_run(study: Study, cache: Path, results: dict) -> list[str]:
     # not an edge point its grid settled without, nor a cache unit (weights, ...) that no unit left needs
     missing = [(u, needed(study, u, results)) for u in study.units
@@ -217,6 +249,7 @@ def guidance_report(study: Study, cache_dir, results_dir, out_path) -> Path:
     lines += gradnorm_section(study, results, results_dir, out_path)
     lines += sample_grids_section(study, results, results_dir, out_path)
     lines += strided_section(results, results_dir)
+    lines += trainings_section(study, results, results_dir)
     lines += not_yet_run(study, cache, results)
     atomic_write_text(out_path, "\n".join(lines))
     return Path(out_path)
@@ -306,6 +339,7 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
               "model at w_eff (a re-parametrised w) or beaten (a real gain); it is also seed 0 only.", ""]
     lines += aligned_grids_section(study, results, results_dir, out_path)
     lines += strided_section(results, results_dir)
+    lines += trainings_section(study, results, results_dir)
     lines += not_yet_run(study, cache, results)
     atomic_write_text(out_path, "\n".join(lines))
     return Path(out_path)

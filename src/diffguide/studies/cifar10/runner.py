@@ -20,7 +20,8 @@ import torch
 
 from ...io import atomic_write_text
 from ...nets import adm
-from .plan import FIRST_COMPILE_S, Unit, attention_qkv_contiguous, sampling_variance
+from .plan import FIRST_COMPILE_S, TRAINING_KINDS, Unit, attention_qkv_contiguous, sampling_variance
+from .provenance import used_weights, write_training_record
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
 GRID_GROUPS = ("grid", "wcurve")
@@ -231,7 +232,7 @@ def run_sample(study: Study, unit: Unit, cache: Path, results_dir: Path, results
     device = study.assets.get("device")
     start = time.perf_counter()
     record = {"unit": unit.id, **unit.params, "scale": scale, **extra, "settings": dataclasses.asdict(settings),
-              **environment(study), "failed": False}
+              **environment(study), "weights": used_weights(study, unit, cache), "failed": False}
     try:
         samples = sample(settings, out=cache / "samples" / unit.id, resume=True, device=device, progress=False)
     except MACHINE_ERRORS:  # the machine's or the compiler's failure, not the method's: no JSON, the unit stays unrun
@@ -474,6 +475,8 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
                 run_calibration_finetune(study, unit, cache)
             elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
                 break
+            if unit.kind in TRAINING_KINDS:
+                write_training_record(study, unit, cache, results_dir, environment(study))
         finished.append(unit.id)
         print(f"{unit.id}: finished in {time.monotonic() - now:.0f} s", flush=True)  # a detached worker's log
         results = load_results(results_dir)  # what the unit wrote decides what is ready next
