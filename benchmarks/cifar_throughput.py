@@ -11,6 +11,7 @@
         --inception ../shared/assets/inception/inception-2015-12-05-fid-features.pt --out benchmarks/results/cifar_h200.json
     python benchmarks/cifar_throughput.py --model M --tiny --out /tmp/cifar.json      # a quick CPU check of the script
 
+``--aligned`` adds a fast training row with the CFG-aligned loss (batch 128; a step forwards 256);
 ``--qkv-layouts contiguous,strided`` adds fast training (batch 128) and sampling rows with the attention layout used
 before 2026-12-01 (SDPA's math kernel), side by side; ``--memory-formats channels_last,contiguous`` fast training
 (batch 128) and sampling rows with the networks in each memory format; ``--compile-modes`` other torch.compile
@@ -49,10 +50,17 @@ TINY_NET = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "
             "num_head_channels": 32, "use_scale_shift_norm": True, "resblock_updown": True}
 
 
+ALIGNED_LOSS = {"kind": "aligned", "w_train": 1.0, "stop_grad_null": False, "mix_lambda": None}
+"""The CFG-aligned loss of the aligned study's from-scratch arm (a step forwards [c̃, ∅]: twice the batch)."""
+
+
 def bench_train(model_dir: Path, out: Path, *, batch: int, steps: int, interval: int, fast: bool, device,
-                tiny: bool = False) -> dict:
-    """Steps/s of the real training loop (``diffguide.train``) on random CIFAR-shaped data."""
+                tiny: bool = False, loss: dict | None = None) -> dict:
+    """Steps/s of the real training loop (``diffguide.train``) on random CIFAR-shaped data; ``loss``: a
+    ``TrainConfig.loss`` (None: the model's own, the standard loss)."""
     data = json.loads((model_dir / "train_config.json").read_text())
+    if loss is not None:
+        data["loss"] = {**data.get("loss", {}), **loss}
     if tiny:
         data["net"]["adm_kwargs"] = TINY_NET
     data.update(steps=steps, log_every=interval, checkpoint_every=10**9, sample_every=0, samples_per_class=1,
@@ -70,7 +78,7 @@ def bench_train(model_dir: Path, out: Path, *, batch: int, steps: int, interval:
     rates = [r["steps_per_s"] for r in records[1:]]
     steps_per_s = float(np.median(rates))
     return dict(section="train", fast=fast, batch=batch, steps_per_s=steps_per_s, images_per_s=steps_per_s * batch,
-                first_interval_s=interval / records[0]["steps_per_s"], wall_s=wall)
+                first_interval_s=interval / records[0]["steps_per_s"], wall_s=wall, loss=config.loss.kind)
 
 
 def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: bool, device,
@@ -153,6 +161,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--sample-batch", type=int, default=2500, help="sampling batch size of the fast path")
     parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
     parser.add_argument("--fast-only", action="store_true", help="skip the eager (previous) variants")
+    parser.add_argument("--aligned", action="store_true", help="add a fast training row at batch 128 with the "
+                        "CFG-aligned loss (w_train = 1: each step forwards [c̃, ∅], twice the batch)")
     add_qkv_layouts_argument(parser)
     add_memory_formats_argument(parser)
     parser.add_argument("--compile-modes", default="default",
@@ -172,13 +182,14 @@ def main(argv=None) -> dict:
         interval = max(args.train_steps // 6, 1)
         small = 8 if args.tiny else 128
         qkv, fmt = args.qkv_layouts[0], args.memory_formats[0]
-        variants = ((small, False, qkv, fmt), *((small, True, name, f) for f in args.memory_formats
-                                                for name in args.qkv_layouts), (args.big_batch, True, qkv, fmt))
-        for batch, fast, layout_name, format_name in (v for v in variants if v[1] or not args.fast_only):
+        variants = ((small, False, qkv, fmt, None), *((small, True, name, f, None) for f in args.memory_formats
+                                                      for name in args.qkv_layouts),
+                    (args.big_batch, True, qkv, fmt, None), *(((small, True, qkv, fmt, ALIGNED_LOSS),) * args.aligned))
+        for batch, fast, layout_name, format_name, loss in (v for v in variants if v[1] or not args.fast_only):
             with layout(layout_name), memory_format(format_name):
                 rows.append(bench_train(args.model, scratch / f"train-{len(rows)}", batch=batch,
                                         steps=args.train_steps, interval=interval,
-                                        fast=fast and device.type == "cuda", device=device, tiny=args.tiny))
+                                        fast=fast and device.type == "cuda", device=device, tiny=args.tiny, loss=loss))
             rows[-1].update(qkv_layout=layout_name, memory_format=format_name if rows[-1]["fast"] else "eager")
             print(rows[-1], flush=True)
     if "sample" in sections:
@@ -208,7 +219,7 @@ def main(argv=None) -> dict:
     print(f"{'section':<7} {'fast':<5} {'batch':>6} {'images/s':>10}  notes")
     for r in rows:
         notes = {"train": lambda: f"{r['steps_per_s']:.1f} steps/s, first interval {r['first_interval_s']:.0f} s"
-                          f", {r['qkv_layout']} q/k/v, {r['memory_format']}",
+                          f", {r['qkv_layout']} q/k/v, {r['memory_format']}, {r['loss']} loss",
                  "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s"
                                    + (f", compile mode {r['compile_mode']}" if r.get("compile_mode") else "")
                                    + f", {r['qkv_layout']} q/k/v, {r['memory_format']}",
