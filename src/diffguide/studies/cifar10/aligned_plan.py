@@ -39,6 +39,17 @@ points, the control points of every aligned arm and standard's sample grids, the
 standard) with its curve and claims' points. Each from-scratch arm follows as one block (training,
 curve, claims' points, its sample grids), so that a session trains it once and uses it; the other step points of
 every arm and DDPM 250 stay last (each may need its arm trained again). Nothing a unit computes changes.
+
+Amendment 4 (2026-12-02, after the standard arm's training and seed-0 w-curve, before any other arm was trained),
+bookkeeping only: the standard arm took 765 s to train on the H200, and a from-scratch aligned arm (a [c̃, ∅]
+forward of twice the batch a step) is estimated at ~23 min, so an arm's block (~35 min) does not fit one session's
+30 device minutes; its weights cannot be kept between sessions (they would live in a cache outside the repo, which
+does not outlive a session). Each session that runs units needing an arm trains it again from the same seed and
+recipe. GPU training is not bitwise deterministic, so from now on every result names the weights it sampled with
+(their SHA-256, ``provenance.py``) and every training leaves a record; the report's Trainings section lists them.
+The comparisons use the results as they are: an arm's results may come from two trainings of one recipe, whose
+difference is then part of that arm's variation. The 10 standard-arm results of the first training predate the
+records and name no weights.
 """
 
 from __future__ import annotations
