@@ -50,6 +50,12 @@ recipe. GPU training is not bitwise deterministic, so from now on every result n
 The comparisons use the results as they are: an arm's results may come from two trainings of one recipe, whose
 difference is then part of that arm's variation. The 10 standard-arm results of the first training predate the
 records and name no weights.
+
+A rule fixed now (2026-12-02), before the measurement: if the H200 times the training step of this network at batch
+128 with q/k/v strided (``benchmarks/cifar_throughput.py --sections train --fast-only --qkv-layouts strided
+--memory-formats channels_last,contiguous``) at least 10% faster (the share of step time saved) in one memory format
+than in the other, every training unit of this study run after that measurement trains in the faster one. Like the
+retraining above, it changes how fast the same function is computed, not the recipe.
 """
 
 from __future__ import annotations
