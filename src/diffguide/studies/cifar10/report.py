@@ -124,13 +124,15 @@ def strided_section(results: dict, results_dir) -> list[str]:
 
 def trainings_section(study: Study, results: dict, results_dir) -> list[str]:
     """Every training of the plan's trained units that left a record (:mod:`.provenance`), and how many committed
-    results sampled with each one's weights; results from before the records were kept name no weights."""
-    trained = [u for u in study.units if u.kind in TRAINING_KINDS]
+    sampling results used each one's weights; results from before the records were kept name no weights (the
+    diagnostic units — grids, calibration, gradients — are not counted)."""
+    trained = {u.id for u in study.units if u.kind in TRAINING_KINDS}
     records = load_trainings(results_dir)
     users = defaultdict(int)
     unnamed = defaultdict(int)
-    for record in results.values():
-        for uid in {n for u in study.units if u.id == record.get("unit") for n in u.needs} & {u.id for u in trained}:
+    for unit in (u for u in study.units if u.kind == "sample" and u.id in results):
+        record = results[unit.id]
+        for uid in trained.intersection(unit.needs):
             if uid in record.get("weights", {}):
                 users[uid, record["weights"][uid]] += 1
             else:
@@ -140,7 +142,7 @@ def trainings_section(study: Study, results: dict, results_dir) -> list[str]:
     lines = ["## Trainings", "", "A trained unit's weights stay in the cache of the machine that made it; a later "
              "session trains it again from the same seed (GPU training need not be bitwise deterministic). Each "
              "result names the weights it used by their SHA-256 (16 hex digits).", "",
-             "| unit | weights | steps | training s | steps/s | final loss | GPU | finished | results using them |",
+             "| unit | weights | steps | training s | steps/s | final loss | GPU | finished | sampling results using them |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         loss = "–" if r["final_loss"] is None else f"{r['final_loss']:.4g}"
