@@ -37,6 +37,7 @@ from diffguide.checkpoints import load_network
 from diffguide.guidance import ClassifierFree, Guidance
 from diffguide.io import atomic_write_text
 from diffguide.sampling import generate
+from diffguide.studies.cifar10.aligned_plan import ARMS
 from diffguide.train import TrainConfig, train
 from common import add_memory_formats_argument, add_qkv_layouts_argument, layout, memory_format  # (on sys.path)
 
@@ -50,7 +51,7 @@ TINY_NET = {"model_channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "
             "num_head_channels": 32, "use_scale_shift_norm": True, "resblock_updown": True}
 
 
-ALIGNED_LOSS = {"kind": "aligned", "w_train": 1.0, "stop_grad_null": False, "mix_lambda": None}
+ALIGNED_LOSS = ARMS["aligned_w1"]["loss"]
 """The CFG-aligned loss of the aligned study's from-scratch arm (a step forwards [c̃, ∅]: twice the batch)."""
 
 
@@ -184,7 +185,9 @@ def main(argv=None) -> dict:
         qkv, fmt = args.qkv_layouts[0], args.memory_formats[0]
         variants = ((small, False, qkv, fmt, None), *((small, True, name, f, None) for f in args.memory_formats
                                                       for name in args.qkv_layouts),
-                    (args.big_batch, True, qkv, fmt, None), *(((small, True, qkv, fmt, ALIGNED_LOSS),) * args.aligned))
+                    (args.big_batch, True, qkv, fmt, None))
+        if args.aligned:
+            variants += ((small, True, qkv, fmt, ALIGNED_LOSS),)
         for batch, fast, layout_name, format_name, loss in (v for v in variants if v[1] or not args.fast_only):
             with layout(layout_name), memory_format(format_name):
                 rows.append(bench_train(args.model, scratch / f"train-{len(rows)}", batch=batch,

@@ -57,17 +57,16 @@ unshipped() {  # the finished trainings made on this machine whose pieces have n
   done
 }
 ship() {  # up to SHIP_PIECES pieces of the unshipped trainings -> $OUT, with their sha256; the last marks it shipped
-  local budget=$SHIP_PIECES unit piece
+  local budget=$SHIP_PIECES unit piece pieces
   for unit in $(unshipped); do
     [ "$budget" -gt 0 ] || break; pack "$unit"; cp "$EXPORT/$study.$unit.tar.sha256" "$OUT/"
-    for piece in "$EXPORT/$study.$unit.tar".part??; do
-      [ "$budget" -gt 0 ] || break
-      [ -f "$piece.out" ] && continue; cp "$piece" "$OUT/" && touch "$piece.out"; budget=$((budget - 1))
-      echo "shipped: $(basename "$piece") of $(ls "$EXPORT/$study.$unit.tar".part?? | wc -l)"
+    pieces=("$EXPORT/$study.$unit.tar".part??)
+    for piece in "${pieces[@]}"; do
+      [ ! -f "$piece.out" ] || continue
+      [ "$budget" -gt 0 ] || continue 2  # pieces left for the next call
+      cp "$piece" "$OUT/"; touch "$piece.out"; budget=$((budget - 1))
+      echo "shipped: $(basename "$piece") of ${#pieces[@]}"
     done
-    if ! ls "$EXPORT/$study.$unit.tar".part?? | while read -r piece; do [ -f "$piece.out" ] || exit 1; done; then
-      continue
-    fi
     touch "$EXPORT/$study.$unit.shipped"; echo "shipped: $unit complete (receive it here)"
   done
 }

@@ -199,7 +199,9 @@ def test_each_result_names_the_weights_it_sampled_with(tiny_run, tmp_path):
     table = "\n".join(trainings_section(study, results, root / "results"))
     arm = trained[0].id
     using = sum(arm in r.get("weights", {}) for r in results.values())
-    assert f"| `{arm}` | `{digests[arm]}` | {trained[0].params['steps']} |" in table and table.count(f"| {using} |")
+    row = next(line for line in table.splitlines() if line.startswith(f"| `{arm}` | `{digests[arm]}` |"))
+    assert row.startswith(f"| `{arm}` | `{digests[arm]}` | {trained[0].params['steps']} |")
+    assert using > 0 and row.endswith(f"| {using} |")
     old = {k: {**v, "weights": {}} if k == samples[0]["unit"] else v for k, v in results.items()}
     assert f"| `{samples[0]['method']}` | not recorded" in "\n".join(trainings_section(study, old, root / "results"))
     assert json.loads(json.dumps(records)) == records  # plain JSON

@@ -48,7 +48,7 @@ def used_weights(study, unit, cache: Path) -> dict[str, str]:
     return {n: weights_digest(cache / "train" / n / "model") for n in trained}
 
 
-def training_record(study, unit, cache: Path, environment: dict) -> dict:
+def training_record(unit, cache: Path, environment: dict) -> dict:
     """What a finished training leaves in the repo: its digest, plan parameters, logged steps and training seconds
     (resumes included), steps/s of its last log interval, and its final loss (:data:`FINAL_LOSS_RECORDS`)."""
     out = cache / "train" / unit.id
@@ -63,10 +63,10 @@ def training_record(study, unit, cache: Path, environment: dict) -> dict:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **environment}
 
 
-def write_training_record(study, unit, cache: Path, results_dir: Path, environment: dict) -> Path:
+def write_training_record(unit, cache: Path, results_dir: Path, environment: dict) -> Path:
     """:func:`training_record` as ``results_dir/trainings/<unit>__<digest>.json`` (one file per distinct weights:
     a second training of the same unit adds a file, never replaces one)."""
-    record = training_record(study, unit, cache, environment)
+    record = training_record(unit, cache, environment)
     path = Path(results_dir) / TRAININGS / f"{unit.id}__{record['digest']}.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -476,7 +476,7 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
             elif not run_training(study, unit, cache, max(1.0, remaining - (0 if study.tiny else STARTUP_MARGIN_S))):
                 break
             if unit.kind in TRAINING_KINDS:
-                write_training_record(study, unit, cache, results_dir, environment(study))
+                write_training_record(unit, cache, results_dir, environment(study))
         finished.append(unit.id)
         print(f"{unit.id}: finished in {time.monotonic() - now:.0f} s", flush=True)  # a detached worker's log
         results = load_results(results_dir)  # what the unit wrote decides what is ready next
