@@ -82,6 +82,9 @@ def attention_qkv_contiguous(kind: str) -> bool:
 CFG_STEP_S = 1.0 / (263 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
 GUIDED_FACTOR = 1.3
 TRAIN_IMG_S = 4683.0
+ALIGNED_TRAIN_IMG_S = 2781.0
+"""Batch images per second of the aligned loss's training step (it forwards [x_t, x_t] with [c̃, ∅], twice the
+batch): the H200's batch-128 strided channels_last row of benchmarks/results/cifar_train_formats_h200.json."""
 COMPILE_S = 100.0
 FIRST_COMPILE_S = 75.0
 """Seconds a sampling unit takes over its estimate when it is the first of its networks and shapes in a process
@@ -118,8 +121,8 @@ def sampling_seconds(num_samples: int, steps: int, *, cfg: bool, guided: bool) -
     return num_samples * steps * step_seconds(cfg=cfg, guided=guided) + SCORING_S
 
 
-def training_seconds(steps: int, batch_size: int = 128) -> float:
-    return steps * batch_size / TRAIN_IMG_S + COMPILE_S
+def training_seconds(steps: int, batch_size: int = 128, images_per_s: float = TRAIN_IMG_S) -> float:
+    return steps * batch_size / images_per_s + COMPILE_S
 
 
 def reference_unit() -> Unit:
