@@ -14,8 +14,9 @@
 ``--aligned`` adds a fast training row with the CFG-aligned loss (batch 128; a step forwards 256);
 ``--qkv-layouts contiguous,strided`` adds fast training (batch 128) and sampling rows with the attention layout used
 before 2026-12-01 (SDPA's math kernel), side by side; ``--memory-formats channels_last,contiguous`` fast training
-(batch 128) and sampling rows with the networks in each memory format; ``--compile-modes`` other torch.compile
-modes for sampling.
+(batch 128) and sampling rows with the networks in each memory format; ``--train-settings strided/channels_last,
+contiguous/contiguous`` just those layout/format pairs as fast training rows (``--big-batch 0``: no second batch);
+``--compile-modes`` other torch.compile modes for sampling.
 
 Prints a table per section and writes JSON (atomically) to ``--out``.
 """
@@ -39,7 +40,8 @@ from diffguide.io import atomic_write_text
 from diffguide.sampling import generate
 from diffguide.studies.cifar10.aligned_plan import ARMS
 from diffguide.train import TrainConfig, train
-from common import add_memory_formats_argument, add_qkv_layouts_argument, layout, memory_format  # (on sys.path)
+from common import (MEMORY_FORMATS, QKV_LAYOUTS, add_memory_formats_argument, add_qkv_layouts_argument,  # (on sys.path)
+                    layout, memory_format)
 
 
 def _sync(device):
@@ -151,13 +153,24 @@ def bench_fid(inception: Path, *, num_images: int, batch: int, autotune: bool, d
     return row
 
 
+def train_settings(text: str) -> list[tuple[str, str]]:
+    """An argparse type: comma-separated LAYOUT/FORMAT pairs of :data:`common.QKV_LAYOUTS` and
+    :data:`common.MEMORY_FORMATS`."""
+    pairs = [tuple(item.split("/")) for item in text.split(",")]
+    if not pairs or any(len(p) != 2 or p[0] not in QKV_LAYOUTS or p[1] not in MEMORY_FORMATS for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected comma-separated LAYOUT/FORMAT pairs with LAYOUT one of "
+                                         f"{','.join(QKV_LAYOUTS)} and FORMAT one of {','.join(MEMORY_FORMATS)}, "
+                                         f"got {text!r}")
+    return pairs
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="the CIFAR-10 base model's release folder")
     parser.add_argument("--inception", type=Path, help="FID Inception TorchScript file (omit to skip the fid section)")
     parser.add_argument("--sections", default="train,sample,fid", help="comma-separated subset of train,sample,fid")
     parser.add_argument("--train-steps", type=int, default=600, help="training steps per variant")
-    parser.add_argument("--big-batch", type=int, default=512, help="the second training batch size")
+    parser.add_argument("--big-batch", type=int, default=512, help="the second training batch size (0: no such row)")
     parser.add_argument("--num-samples", type=int, default=10_000, help="images per sampling variant")
     parser.add_argument("--sample-batch", type=int, default=2500, help="sampling batch size of the fast path")
     parser.add_argument("--num-images", type=int, default=20_000, help="images per FID-feature variant")
@@ -166,6 +179,10 @@ def main(argv=None) -> dict:
                         "CFG-aligned loss (w_train = 1: each step forwards [c̃, ∅], twice the batch)")
     add_qkv_layouts_argument(parser)
     add_memory_formats_argument(parser)
+    parser.add_argument("--train-settings", type=train_settings, default=None, metavar="LAYOUT/FORMAT,...",
+                        help="the fast batch-128 training rows, one per q/k/v layout/memory format pair (e.g. "
+                             "'strided/channels_last,contiguous/contiguous'), instead of every --qkv-layouts x "
+                             "--memory-formats combination; the first pair also runs the other training rows")
     parser.add_argument("--compile-modes", default="default",
                         help="comma-separated torch.compile modes of the fast sampling variant, each a row (e.g. "
                              "'default,max-autotune-no-cudagraphs')")
@@ -175,17 +192,18 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
-        args.train_steps, args.big_batch, args.num_samples, args.sample_batch, args.num_images = 6, 16, 8, 4, 8
+        args.train_steps, args.num_samples, args.sample_batch, args.num_images = 6, 8, 4, 8
+        args.big_batch = 16 if args.big_batch else 0
     sections = set(args.sections.split(","))
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="cifar-throughput-"))
     if "train" in sections:
         interval = max(args.train_steps // 6, 1)
         small = 8 if args.tiny else 128
-        qkv, fmt = args.qkv_layouts[0], args.memory_formats[0]
-        variants = ((small, False, qkv, fmt, None), *((small, True, name, f, None) for f in args.memory_formats
-                                                      for name in args.qkv_layouts),
-                    (args.big_batch, True, qkv, fmt, None))
+        settings = args.train_settings or [(name, f) for f in args.memory_formats for name in args.qkv_layouts]
+        qkv, fmt = settings[0]
+        variants = ((small, False, qkv, fmt, None), *((small, True, name, f, None) for name, f in settings),
+                    *(((args.big_batch, True, qkv, fmt, None),) if args.big_batch else ()))
         if args.aligned:
             variants += ((small, True, qkv, fmt, ALIGNED_LOSS),)
         for batch, fast, layout_name, format_name, loss in (v for v in variants if v[1] or not args.fast_only):

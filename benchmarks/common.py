@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from unittest import mock
 
+from diffguide.accel import channels_last
 from diffguide.nets.adm import qkv_layout
 
 QKV_LAYOUTS = {"contiguous": True, "strided": False}
@@ -50,9 +49,9 @@ def layout(name: str):
     return qkv_layout(QKV_LAYOUTS[name])
 
 
-MEMORY_FORMATS = {"channels_last": "1", "contiguous": "0"}
-"""The fast path's memory formats (``$DIFFGUIDE_CHANNELS_LAST``, read by :func:`diffguide.accel.fast_module`):
-channels-last, the default, and the module's own (contiguous) format."""
+MEMORY_FORMATS = {"channels_last": True, "contiguous": False}
+"""The fast path's memory formats (:func:`diffguide.accel.channels_last`): channels-last, the default, and the
+module's own (contiguous) format."""
 
 
 _memory_formats = _subset_of(MEMORY_FORMATS)
@@ -67,4 +66,4 @@ def add_memory_formats_argument(parser: argparse.ArgumentParser, default: str = 
 
 def memory_format(name: str):
     """The context in which :func:`diffguide.accel.fast_module` puts networks in memory format ``name``."""
-    return mock.patch.dict(os.environ, {"DIFFGUIDE_CHANNELS_LAST": MEMORY_FORMATS[name]})
+    return channels_last(MEMORY_FORMATS[name])

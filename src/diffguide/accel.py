@@ -17,8 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["use_fast_path", "fast_module", "reused_fast_module", "kept", "file_identity", "fused_adamw",
-           "cudnn_autotune"]
+__all__ = ["use_fast_path", "fast_module", "channels_last", "channels_last_enabled", "reused_fast_module", "kept",
+           "file_identity", "fused_adamw", "cudnn_autotune"]
 
 KEPT_PER_KIND = 4
 """How many loaded objects :func:`kept` holds per kind per process (least recently used go first)."""
@@ -45,9 +45,29 @@ def fast_module(module: nn.Module, *, fast: bool, mode: str | None = None) -> nn
     pays is measured per workload, benchmarks/profile_train.py and profile_sample.py)."""
     if not fast:
         return module
-    if os.environ.get("DIFFGUIDE_CHANNELS_LAST", "1") != "0":
+    if channels_last_enabled():
         module = module.to(memory_format=torch.channels_last)
     return torch.compile(module, dynamic=False, mode=os.environ.get("DIFFGUIDE_COMPILE_MODE") or mode)
+
+
+def channels_last_enabled() -> bool:
+    """Whether :func:`fast_module` puts modules channels-last (``$DIFFGUIDE_CHANNELS_LAST``, default on)."""
+    return os.environ.get("DIFFGUIDE_CHANNELS_LAST", "1") != "0"
+
+
+@contextlib.contextmanager
+def channels_last(enabled: bool):
+    """Within the context :func:`fast_module` puts modules channels-last (``enabled``) or leaves them in their own
+    (contiguous) format; ``$DIFFGUIDE_CHANNELS_LAST`` is back as it was after."""
+    saved = os.environ.get("DIFFGUIDE_CHANNELS_LAST")
+    os.environ["DIFFGUIDE_CHANNELS_LAST"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["DIFFGUIDE_CHANNELS_LAST"]
+        else:
+            os.environ["DIFFGUIDE_CHANNELS_LAST"] = saved
 
 
 def file_identity(path: str | os.PathLike) -> tuple:

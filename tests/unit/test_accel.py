@@ -8,6 +8,8 @@ give ≈ 2e-5 relative to the output's scale. We allow 1e-4 (5x). A real change 
 convolution's weights scaled by 1.01 fail (asserted below).
 """
 
+import os
+
 import pytest
 import torch
 
@@ -47,6 +49,25 @@ def test_fast_module_is_channels_last_unless_switched_off(monkeypatch, switch, c
     conv = fast_module(torch.nn.Conv2d(3, 8, 3), fast=True)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert conv.weight.is_contiguous() != channels_last
+
+
+@pytest.mark.parametrize("before", [None, "0", "1"])
+def test_channels_last_context_sets_the_switch_and_restores_it(monkeypatch, before):
+    """accel.channels_last(enabled): fast_module puts a module channels-last inside ``channels_last(True)`` only,
+    and the environment is as it was after (unset stays unset)."""
+    from diffguide.accel import channels_last, channels_last_enabled
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
+    if before is None:
+        monkeypatch.delenv("DIFFGUIDE_CHANNELS_LAST", raising=False)
+    else:
+        monkeypatch.setenv("DIFFGUIDE_CHANNELS_LAST", before)
+    for enabled in (True, False):
+        with channels_last(enabled):
+            assert channels_last_enabled() is enabled
+            weight = fast_module(torch.nn.Conv2d(3, 8, 3), fast=True).weight
+            assert weight.is_contiguous(memory_format=torch.channels_last) is enabled
+        assert os.environ.get("DIFFGUIDE_CHANNELS_LAST") == before
 
 
 def test_compiled_unet_equals_eager_within_float32_rounding():

@@ -156,12 +156,78 @@ def test_guidance_plan_runs_tier_by_tier():
     assert min(position[u.id] for u in others) > max(position[u.id] for u in third + second + first)
 
 
+def setting_measurement(path: Path, current_steps_per_s: float, candidate_steps_per_s: float) -> Path:
+    """A cifar_throughput JSON with amendment 5's two rows, and rows its rule must ignore (eager, batch 256)."""
+    def row(qkv, memory_format, steps_per_s, fast=True, batch=128):
+        return {"section": "train", "fast": fast, "batch": batch, "steps_per_s": steps_per_s, "loss": "standard",
+                "qkv_layout": qkv, "memory_format": memory_format}
+
+    rows = [row("strided", "eager", 99.0, fast=False), row("strided", "channels_last", current_steps_per_s),
+            row("contiguous", "contiguous", candidate_steps_per_s), row("strided", "channels_last", 99.0, batch=256)]
+    path.write_text(json.dumps({"benchmark": "cifar_throughput", "rows": rows}))
+    return path
+
+
+def test_amendment_5_switches_the_training_setting_at_a_tenth_less_step_time(tmp_path):
+    """aligned_plan.training_setting: the candidate (q/k/v contiguous, contiguous memory) when its step takes at
+    least 10% less time than the current setting's (steps/s 36 vs 40: exactly 10%; 36 vs 39.9: 9.8%), the current
+    one below that or without a measurement; a measurement without the two rows is an error, not a silent default."""
+    from diffguide.studies.cifar10.plan import TrainingSetting
+
+    candidate, current = aligned_plan.CANDIDATE_SETTING, TrainingSetting()
+    assert candidate.record() == {"attention_qkv": "contiguous", "memory_format": "contiguous"}
+    assert current.record() == {"attention_qkv": "strided", "memory_format": "channels_last"}
+    decide = lambda a, b: aligned_plan.training_setting(setting_measurement(tmp_path / "m.json", a, b))  # noqa: E731
+    assert decide(36.0, 40.0) == candidate and decide(36.0, 44.0) == candidate
+    assert decide(36.0, 39.9) == current and decide(40.0, 36.0) == current
+    assert aligned_plan.training_setting(None) == current == aligned_plan.training_setting(tmp_path / "absent.json")
+    (tmp_path / "m.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="expected fast batch-128 standard-loss rows"):
+        aligned_plan.training_setting(tmp_path / "m.json")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The tiny aligned study, whole, with amendment 5's candidate setting (its rule given a measurement that
+    triggers it), noting the attention layout and memory format each training and sampling unit ran in."""
+    import diffguide.accel as accel
+    import diffguide.nets.adm as adm
+    from diffguide.studies.cifar10 import runner
+
     root = tmp_path_factory.mktemp("cifar10_tiny")
-    study = aligned_study(tiny_assets(root / "assets"), tiny=True)
-    first = run_next(study, root / "cache", root / "results", budget_s=600)
+    study = aligned_study(tiny_assets(root / "assets"), tiny=True,
+                          setting_measurement=setting_measurement(root / "measurement.json", 36.0, 42.0))
+    seen = {}
+
+    def noting(function):
+        def wrapped(study, unit, *args, **kwargs):
+            seen[unit.id] = (adm.QKV_CONTIGUOUS, accel.channels_last_enabled())
+            return function(study, unit, *args, **kwargs)
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("run_training", "run_sample"):
+            patch.setattr(runner, name, noting(getattr(runner, name)))
+        first = run_next(study, root / "cache", root / "results", budget_s=600)
+    first["computed_as"] = seen
     return study, root, first
+
+
+def test_training_units_compute_as_the_study_setting_says_and_record_it(tiny_run):
+    """Amendment 5 in effect: every training unit ran with q/k/v contiguous and the contiguous memory format, and
+    its record says so; every sampling unit ran q/k/v contiguous and channels-last, as before, and says so."""
+    from diffguide.studies.cifar10.provenance import load_trainings
+
+    study, root, first = tiny_run
+    seen = first["computed_as"]
+    trainings = [u.id for u in study.units if u.kind == "train"]
+    samples = [u.id for u in study.units if u.kind == "sample"]
+    assert trainings and samples and set(seen) == set(trainings + samples)
+    assert all(seen[u] == (True, False) for u in trainings) and all(seen[u] == (True, True) for u in samples)
+    assert {(r["attention_qkv"], r["memory_format"]) for r in load_trainings(root / "results")} == \
+        {("contiguous", "contiguous")}
+    records = [r for r in load_results(root / "results").values() if "metrics" in r]
+    assert records and {(r["attention_qkv"], r["memory_format"]) for r in records} == {("contiguous", "channels_last")}
 
 
 def test_tiny_pipeline_runs_every_unit(tiny_run):
@@ -201,7 +267,7 @@ def test_each_result_names_the_weights_it_sampled_with(tiny_run, tmp_path):
     using = sum(arm in r.get("weights", {}) for r in results.values())
     row = next(line for line in table.splitlines() if line.startswith(f"| `{arm}` | `{digests[arm]}` |"))
     assert row.startswith(f"| `{arm}` | `{digests[arm]}` | {trained[0].params['steps']} |")
-    assert using > 0 and row.endswith(f"| {using} |")
+    assert using > 0 and row.endswith(f"| {using} |") and " | q/k/v contiguous, contiguous | " in row
     old = {k: {**v, "weights": {}} if k == samples[0]["unit"] else v for k, v in results.items()}
     assert f"| `{samples[0]['method']}` | not recorded" in "\n".join(trainings_section(study, old, root / "results"))
     assert json.loads(json.dumps(records)) == records  # plain JSON

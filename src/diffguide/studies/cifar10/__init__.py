@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import aligned_plan, guidance_plan
 from .runner import DEFAULT_CACHE, Study, describe, load_results, run_next, status
 
@@ -24,8 +26,10 @@ def guidance_study(assets: dict, tiny: bool = False) -> Study:
     return Study(guidance_plan.NAME, units, guidance_plan.methods(), assets, tiny)
 
 
-def aligned_study(assets: dict, tiny: bool = False) -> Study:
-    """Issue 14's plan; ``tiny``: 2 training steps per arm, 24 samples, w ∈ {0, 1, 2}, two step points."""
+def aligned_study(assets: dict, tiny: bool = False, setting_measurement: Path | None = None) -> Study:
+    """Issue 14's plan; ``tiny``: 2 training steps per arm, 24 samples, w ∈ {0, 1, 2}, two step points.
+    ``setting_measurement``: the benchmark JSON that amendment 5's rule reads (:func:`.aligned_plan.training_setting`:
+    how the training units compute; None or absent: as before it)."""
     if tiny:
         units = aligned_plan.units(24, steps_scale=1e-4, step_points=(("ddim", 2), ("ddpm", TINY_STEPS)),
                                    w_grid=(0.0, 1.0, 2.0), curve_steps=TINY_STEPS)
@@ -35,4 +39,4 @@ def aligned_study(assets: dict, tiny: bool = False) -> Study:
     if tiny:
         for spec in methods.values():
             spec["grid"] = (0.0, 1.0, 2.0)
-    return Study(aligned_plan.NAME, units, methods, assets, tiny)
+    return Study(aligned_plan.NAME, units, methods, assets, tiny, aligned_plan.training_setting(setting_measurement))

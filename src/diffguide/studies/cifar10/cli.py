@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
 import click
 
-from . import aligned_study, guidance_study
+from . import aligned_plan, aligned_study, guidance_study
 from .assets import real_assets, tiny_assets
 from .report import aligned_report, guidance_report
 from .runner import DEFAULT_CACHE, describe, run_next, selected
 
-STUDIES = {"cifar10_guidance": (guidance_study, guidance_report),
-           "cifar10_cfg_aligned": (aligned_study, aligned_report)}
 REPO = Path(__file__).resolve().parents[4]
+STUDIES = {"cifar10_guidance": (guidance_study, guidance_report),
+           "cifar10_cfg_aligned": (functools.partial(aligned_study,
+                                                     setting_measurement=REPO / aligned_plan.SETTING_MEASUREMENT),
+                                   aligned_report)}
 
 
 def make_command(name: str) -> click.Command:

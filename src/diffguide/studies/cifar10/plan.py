@@ -30,6 +30,7 @@ step cost plus ``LOAD_S`` for loading the networks and data (both guesses, state
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 DDPM_VARIANCE = "fixed_small"
 """Both studies' DDPM step variance (the models have fixed variance). Respaced, ADM's default fixed_large leaves
@@ -47,6 +48,23 @@ TRAINING_QKV_CONTIGUOUS = False
 SAMPLING_QKV_CONTIGUOUS = True
 TRAINING_KINDS = ("train", "train_classifier", "calibrate")
 """Unit kinds that train weights (a diffusion model, the noise-aware classifier, its fine-tunes)."""
+
+
+
+class TrainingSetting(NamedTuple):
+    """How a study's training units compute their networks — the attention's q/k/v layout
+    (:func:`diffguide.nets.adm.qkv_layout`) and the fast path's memory format (:func:`diffguide.accel.channels_last`)
+    — never what they compute (the same function to bf16 rounding). The default: strided (SDPA's math kernel),
+    channels-last, as every training unit ran until 2026-12-02 (:func:`attention_qkv_contiguous`)."""
+
+    qkv_contiguous: bool = TRAINING_QKV_CONTIGUOUS
+    channels_last: bool = True
+
+    def record(self) -> dict:
+        """The setting as a unit's JSON records it."""
+        return {"attention_qkv": "contiguous" if self.qkv_contiguous else "strided",
+                "memory_format": "channels_last" if self.channels_last else "contiguous"}
+
 
 STRIDED_RESULTS_SUFFIX = "_strided"
 """The sampling JSONs run strided before the switch below, kept apart in docs/results/STUDY_strided/."""

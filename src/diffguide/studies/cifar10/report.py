@@ -142,15 +142,18 @@ def trainings_section(study: Study, results: dict, results_dir) -> list[str]:
     lines = ["## Trainings", "", "A trained unit's weights stay in the cache of the machine that made it; a later "
              "session trains it again from the same seed (GPU training need not be bitwise deterministic). Each "
              "result names the weights it used by their SHA-256 (16 hex digits).", "",
-             "| unit | weights | steps | training s | steps/s | final loss | GPU | finished | sampling results using them |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| unit | weights | steps | training s | steps/s | final loss | GPU | computed as | finished | "
+             "sampling results using them |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         loss = "–" if r["final_loss"] is None else f"{r['final_loss']:.4g}"
         rate = "–" if r["steps_per_s"] is None else f"{r['steps_per_s']:.1f}"
         seconds = "–" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        # records from before the memory format was recorded ran channels-last (every training did until then)
+        computed = f"q/k/v {r.get('attention_qkv', 'strided')}, {r.get('memory_format', 'channels_last')}"
         lines.append(f"| `{r['unit']}` | `{r['digest']}` | {r['steps']} | {seconds} | {rate} | {loss} | {r['gpu']} | "
-                     f"{r['finished']} | {users[r['unit'], r['digest']]} |")
-    lines += [f"| `{uid}` | not recorded (trained before the records were kept) | | | | | | | {n} |"
+                     f"{computed} | {r['finished']} | {users[r['unit'], r['digest']]} |")
+    lines += [f"| `{uid}` | not recorded (trained before the records were kept) | | | | | | | | {n} |"
               for uid, n in sorted(unnamed.items())]
     return lines + [""]
 

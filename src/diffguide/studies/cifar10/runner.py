@@ -8,6 +8,7 @@ the seed-0 grid JSONs only (:func:`chosen_scale`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from ... import accel
 from ...io import atomic_write_text
 from ...nets import adm
-from .plan import FIRST_COMPILE_S, TRAINING_KINDS, Unit, attention_qkv_contiguous, sampling_variance
+from .plan import (FIRST_COMPILE_S, TRAINING_KINDS, TrainingSetting, Unit, attention_qkv_contiguous,
+                   sampling_variance)
 from .provenance import used_weights, write_training_record
 
 DEFAULT_CACHE = Path.home() / ".cache" / "diffguide-studies"
@@ -33,13 +36,15 @@ STARTUP_MARGIN_S = 150.0  # a training command's compile, data load and release 
 class Study:
     """A plan (``units`` in run order, ``methods`` specs) with the assets it runs on. ``assets`` keys: model,
     data (path or an ImageDataset), inception, judge, guides {name: (on, spec)}, train_config (dict), batch_size,
-    bf16, classifier_net (dict or None), device, num_features."""
+    bf16, classifier_net (dict or None), device, num_features. ``training_setting``: how its training units compute
+    (:func:`computed_as`)."""
 
     name: str
     units: list
     methods: dict
     assets: dict
     tiny: bool = False
+    training_setting: TrainingSetting = TrainingSetting()
 
     def unit(self, uid: str) -> Unit:
         return next(u for u in self.units if u.id == uid)
@@ -211,7 +216,8 @@ def environment(study: Study) -> dict:
     cuda = torch.cuda.is_available() and str(study.assets.get("device") or "cuda").startswith("cuda")
     return {"gpu": torch.cuda.get_device_name() if cuda else f"none (CPU: {platform.processor() or 'unknown'})",
             "torch": torch.__version__, "precision": "bf16 autocast" if study.assets["bf16"] else "fp32",
-            "attention_qkv": "contiguous" if adm.QKV_CONTIGUOUS else "strided", "tiny": study.tiny}
+            "attention_qkv": "contiguous" if adm.QKV_CONTIGUOUS else "strided",
+            "memory_format": "channels_last" if accel.channels_last_enabled() else "contiguous", "tiny": study.tiny}
 
 
 MACHINE_ERRORS = (torch.OutOfMemoryError, torch._dynamo.exc.TorchDynamoException,
@@ -417,6 +423,17 @@ def fits_session(unit: Unit, cache: Path, session_left_s: float | None) -> bool:
     return unit.est_s <= session_left_s
 
 
+@contextlib.contextmanager
+def computed_as(study: Study, unit: Unit):
+    """The context a unit runs in: a training unit's attention layout and memory format are the study's
+    ``training_setting``; every other unit runs q/k/v as :func:`.plan.attention_qkv_contiguous` says, channels-last.
+    The unit's JSON (:func:`environment`) records both."""
+    setting = (study.training_setting if unit.kind in TRAINING_KINDS
+               else TrainingSetting(attention_qkv_contiguous(unit.kind), channels_last=True))
+    with adm.qkv_layout(setting.qkv_contiguous), accel.channels_last(setting.channels_last):
+        yield
+
+
 def compile_key(study: Study, unit: Unit):
     """What a sampling unit compiles the first time it runs in a process: its networks (the arm's diffusion model,
     the guide) and their shapes (CFG's batched [cond, ∅] pair). None for the other kinds, which run eagerly or count
@@ -464,7 +481,7 @@ def run_next(study: Study, cache_dir=DEFAULT_CACHE, results_dir=None, budget_s: 
             continue
         ran.append(unit.id)
         compiled.add(compile_key(study, unit))
-        with adm.qkv_layout(attention_qkv_contiguous(unit.kind)):  # the layout a unit of its kind runs with (plan.py)
+        with computed_as(study, unit):
             if unit.kind == "sample":
                 run_sample(study, unit, cache, results_dir, results)
             elif unit.kind == "reference":
