@@ -50,7 +50,6 @@ TRAINING_KINDS = ("train", "train_classifier", "calibrate")
 """Unit kinds that train weights (a diffusion model, the noise-aware classifier, its fine-tunes)."""
 
 
-
 class TrainingSetting(NamedTuple):
     """How a study's training units compute their networks — the attention's q/k/v layout
     (:func:`diffguide.nets.adm.qkv_layout`) and the fast path's memory format (:func:`diffguide.accel.channels_last`)
