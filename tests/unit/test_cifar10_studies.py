@@ -156,6 +156,26 @@ def test_guidance_plan_runs_tier_by_tier():
     assert min(position[u.id] for u in others) > max(position[u.id] for u in third + second + first)
 
 
+def test_guidance_plan_runs_the_pictures_and_subset_after_tier_4_and_before_the_other_grids():
+    """Amendment 8: after tier 4's last final come ‖∇J‖, the sample grids and the DDIM-50 subset of every method
+    with a chosen scale (those needing a noise-aware classifier earlier, after tier 2: amendment 7), then the other
+    methods' grids; the combination with CFG's sample grid comes after its own finals. Same units as before."""
+    units = guidance_plan.units()
+    position = {u.id: i for i, u in enumerate(units)}
+    assert len(position) == len(units)
+    fourth = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[3]]
+    moved = [u for u in units if (u.kind in ("gradnorm", "sample_grid") or u.params.get("group") == "subset")
+             and not set(u.needs) & set(guidance_plan.NOISE_AWARE.values())
+             and u.params.get("method") != "best_cg_plus_cfg"]
+    assert {u.kind for u in moved} == {"gradnorm", "sample_grid", "sample"}
+    combination = [u for u in units if u.params.get("method") == "best_cg_plus_cfg"]
+    other_grids = [u for u in units if u.params.get("group") == "grid" and u.params["method"] == "elucd_resnet44"]
+    assert max(position[u.id] for u in fourth) < min(position[u.id] for u in moved)
+    assert max(position[u.id] for u in moved) < min(position[u.id] for u in other_grids)
+    combined_grid = next(u for u in combination if u.kind == "sample_grid")
+    assert max(position[u.id] for u in combination if u.kind == "sample") < position[combined_grid.id]
+
+
 def setting_measurement(path: Path, current_steps_per_s: float, candidate_steps_per_s: float) -> Path:
     """A cifar_throughput JSON with amendment 5's two rows, and rows its rule must ignore (eager, batch 256)."""
     def row(qkv, memory_format, steps_per_s, fast=True, batch=128):

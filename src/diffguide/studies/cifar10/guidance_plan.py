@@ -66,6 +66,12 @@ Amendment 7 (2026-12-02, run order only, before any unit that needs a noise-awar
 amendment 6): the noise-aware arm's sample grids and DDIM-50 subset runs follow its seed 1–3 finals in tier 2, so
 that the session that trains the classifiers again uses them for everything that needs them.
 
+Amendment 8 (2026-12-02, run order only, after tier 4 and before any unit it moves had run): the ‖∇J‖ picture, the
+sample grids and the DDIM-50 subset runs of methods whose scales are chosen follow tier 4 directly, ahead of the
+other guides' and (α, ε) points' grids: they are what the issue asks to see besides the tables, and they need
+nothing those grids choose (the combination with CFG keeps its sample grid after its own finals). Nothing a unit
+computes changes.
+
 Run order (amendment 3; the plan is unchanged otherwise): ``TIERS`` — each tier's seed-0 grids, then its seeds 1–3,
 so the claims get their runs in turn: (1) no guidance, CFG, the EluCD baseline and reverse KL; (2) the noise-aware
 arm (the base classifier, its two fine-tunes, their calibration, ADM-G with each); (3) JS, forward KL, Hellinger; (4) tilted and the
@@ -177,9 +183,10 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
           grid_extensions: int = GRID_EXTENSIONS) -> list[Unit]:
     """The plan in run order (amendment 3, module docstring): the reference, trajectories and the ResNets'
     calibration; then tier by tier (:data:`TIERS`; the noise-aware classifiers and their calibration before tier 2)
-    each method's seed-0 grid (with its possible edge extensions) and its seeds 1-3; then the other methods' grids,
-    the combination with CFG, the ‖∇J‖ and sample-grid units, the DDIM subset and the other methods' seeds 1-3;
-    the pictures and subset runs that need a noise-aware classifier follow tier 2's finals (amendment 7).
+    each method's seed-0 grid (with its possible edge extensions) and its seeds 1-3; then the ‖∇J‖, sample-grid and
+    DDIM subset units (amendment 8); then the other methods' grids, the combination with CFG (grid, seeds 1-3, its
+    sample grid) and the other methods' seeds 1-3. The pictures and subset runs that need a noise-aware classifier
+    follow tier 2's finals instead (amendment 7).
     ``grid_limit`` keeps the first values of each grid (the --tiny check only; reported as such)."""
     specs = methods()
     calibration, pictures = diagnostic_units(specs, steps, trajectory_samples, test_images, gradnorm_samples)
@@ -205,10 +212,11 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
         out += [u for m in tier for u in grid(m)] + [u for m in tier for u in finals(m)]
         if number == 2:
             out += needs_classifier
+    combined = [u for u in pictures if u.params.get("method") == "best_cg_plus_cfg"]
+    out += [u for u in pictures + subsets if u not in needs_classifier + combined]  # amendment 8
     tiered = {m for tier in TIERS for m in tier}
     rest = [m for m in specs if m not in tiered and m != "best_cg_plus_cfg"]
-    out += [u for m in rest for u in grid(m)] + grid("best_cg_plus_cfg") + finals("best_cg_plus_cfg")
-    out += [u for u in pictures + subsets if u not in needs_classifier]
+    out += [u for m in rest for u in grid(m)] + grid("best_cg_plus_cfg") + finals("best_cg_plus_cfg") + combined
     return out + [u for m in rest for u in finals(m)]
 
 
