@@ -60,7 +60,7 @@ class TrainingSetting(NamedTuple):
     channels_last: bool = True
 
     def record(self) -> dict:
-        """The setting as a unit's JSON records it."""
+        """The setting as a unit's JSON records it (a sampling unit's too: :func:`.runner.environment`)."""
         return {"attention_qkv": "contiguous" if self.qkv_contiguous else "strided",
                 "memory_format": "channels_last" if self.channels_last else "contiguous"}
 

@@ -216,8 +216,7 @@ def environment(study: Study) -> dict:
     cuda = torch.cuda.is_available() and str(study.assets.get("device") or "cuda").startswith("cuda")
     return {"gpu": torch.cuda.get_device_name() if cuda else f"none (CPU: {platform.processor() or 'unknown'})",
             "torch": torch.__version__, "precision": "bf16 autocast" if study.assets["bf16"] else "fp32",
-            "attention_qkv": "contiguous" if adm.QKV_CONTIGUOUS else "strided",
-            "memory_format": "channels_last" if accel.channels_last_enabled() else "contiguous", "tiny": study.tiny}
+            **TrainingSetting(adm.QKV_CONTIGUOUS, accel.channels_last_enabled()).record(), "tiny": study.tiny}
 
 
 MACHINE_ERRORS = (torch.OutOfMemoryError, torch._dynamo.exc.TorchDynamoException,
