@@ -144,7 +144,7 @@ def test_edge_rule_extends_a_grid_whose_best_is_at_its_end():
 
 
 def test_guidance_plan_runs_tier_by_tier():
-    units = [u for u in guidance_plan.units() if u.kind != "sample" or u.params["group"] != "subset"]
+    units = [u for u in guidance_plan.units() if u.kind != "sample" or u.params["group"] not in ("subset", "moreseeds")]
     position = {u.id: i for i, u in enumerate(units)}
     first = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[0]]
     second = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[1]]
@@ -163,7 +163,8 @@ def test_guidance_plan_runs_the_pictures_and_subset_after_tier_4_and_before_the_
     units = guidance_plan.units()
     position = {u.id: i for i, u in enumerate(units)}
     assert len(position) == len(units)
-    fourth = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[3]]
+    fourth = [u for u in units if u.kind == "sample" and u.params["method"] in guidance_plan.TIERS[3]
+              and u.params["group"] in ("grid", "final")]
     moved = [u for u in units if (u.kind in ("gradnorm", "sample_grid") or u.params.get("group") == "subset")
              and not set(u.needs) & set(guidance_plan.NOISE_AWARE.values())
              and u.params.get("method") != "best_cg_plus_cfg"]
@@ -880,3 +881,100 @@ def test_the_runner_counts_compilation_and_the_session_clock(tmp_path, monkeypat
     out = run_next(study, tmp_path / "c", tmp_path / "r", budget_s=200, session_left_s=250)
     assert out["ran"] == ["final__cfg__seed1", "final__cfg__seed2"] and clock[0] == 195.0
     assert start_estimate(study, units[3], seen) == 135.0 and start_estimate(study, units[1], seen) == 60.0
+
+
+def test_amendment_9_plans_seeds_4_to_6_of_every_claimed_method_after_amendment_8():
+    units = guidance_plan.units()
+    position = {u.id: i for i, u in enumerate(units)}
+    more = _samples(units, "moreseeds")
+    claimed = {m for _, favoured, reference, _, _ in guidance_plan.CLAIMS for m in (favoured, reference)}
+    assert {(u.params["method"], u.params["seed"]) for u in more} == {(m, s) for m in claimed for s in (4, 5, 6)}
+    assert {(u.params["scale"], u.params["num_samples"], u.params["sampler"], u.params["steps"]) for u in more} \
+        == {(None, 10000, "ddpm", 100)}
+    noise_aware = [u for u in more if any(n.startswith("clf_") for n in u.needs)]
+    assert {u.params["method"] for u in noise_aware} == {"adm_g_sece", "adm_g_ce"}  # the one claim on that arm
+    more = [u for u in more if u not in noise_aware]
+    pictures = [u for u in units if u.kind in ("gradnorm", "sample_grid") and u.params.get("method") != "best_cg_plus_cfg"]
+    other_grids = [u for u in _samples(units, "grid") if u.params["method"] == "elucd_resnet44"]
+    assert max(position[u.id] for u in pictures) < min(position[u.id] for u in more)
+    assert max(position[u.id] for u in more) < min(position[u.id] for u in other_grids)
+    # amendment 7's rule holds for them: after tier 2's finals, before tier 3's first unit
+    tier2_finals = [u for u in _samples(units, "final") if u.params["method"] in guidance_plan.TIERS[1]]
+    tier3 = min(i for i, u in enumerate(units) if u.params.get("method") in guidance_plan.TIERS[2])
+    assert max(position[u.id] for u in tier2_finals) < min(position[u.id] for u in noise_aware)
+    assert max(position[u.id] for u in noise_aware) < tier3
+
+
+def _claim_results(study, favoured, reference, differences, seeds=(1, 2, 3), base=10.0):
+    """FIDs of a lower-is-better claim's two methods: the reference at ``base``, the favoured lower by each
+    difference d_s (so the paired test reads d_s = reference − favoured)."""
+    out = {}
+    for u in study.units:
+        if u.kind == "sample" and u.params["group"] in ("final", "moreseeds") and u.params["seed"] in seeds:
+            d = dict(zip(seeds, differences))[u.params["seed"]]
+            if u.params["method"] == reference:
+                out[u.id] = _fake(u, base)
+            elif u.params["method"] == favoured:
+                out[u.id] = _fake(u, base - d)
+    return out
+
+
+def test_a_borderline_claim_asks_for_seeds_4_to_6_of_both_its_methods():
+    """Amendment 9's band, by hand (df 2: P(T ≥ t) = (1 − t/√(t² + 2))/2). d = (0.1, 0.2, 0.05): mean 0.35/3,
+    sd √(0.0175/3), t = √7, p = (1 − √7/3)/2 = 0.0590: within noise and below 2α = 0.10, so borderline — and so is
+    the mirror image, d → −d (p = 0.941 the claim's way, 0.0590 the other). d = (0.1, 0.2, 0): t = √3,
+    p = (1 − √(3/5))/2 = 0.1127, not borderline; d = (0.2, 0.1, 0.3): p = 0.0371 < α, agrees, not borderline."""
+    from diffguide.studies.cifar10.claims import claim_comparison, more_seeds_needed
+
+    study = guidance_study({}, tiny=False)
+    fav, ref = "entropy_confidence", "elucd_resnet32"
+    more = {(u.params["method"], u.params["seed"]): u for u in _samples(study.units, "moreseeds")}
+    others = [m for m in ("tilted", "entropy_time", "reverse_kl_a0.5_e0.9", "entropy_inverse_entropy")]
+    background = {}
+    for other in others:  # the baseline's other claims: far from borderline (contradicts)
+        background.update({k: v for k, v in _claim_results(study, other, ref, (-1.0, -1.1, -1.2)).items()
+                           if v["metrics"]["fid"] != 10.0})
+    for d, borderline in (((0.1, 0.2, 0.05), True), ((-0.1, -0.2, -0.05), True), ((0.1, 0.2, 0.0), False),
+                          ((0.2, 0.1, 0.3), False)):
+        results = {**background, **_claim_results(study, fav, ref, d)}
+        first = claim_comparison(study, results, fav, ref, "fid", -1)
+        assert first["n"] == 3 and bool(first.get("pending")) is borderline
+        if d == (0.1, 0.2, 0.05):
+            assert first["p"] == pytest.approx((1 - 7 ** 0.5 / 3) / 2, rel=1e-9)
+        if d == (0.1, 0.2, 0.0):
+            assert first["p"] == pytest.approx((1 - (3 / 5) ** 0.5) / 2, rel=1e-9)
+        for method in (fav, ref):
+            assert more_seeds_needed(study, more[method, 4], results) is borderline
+        assert more_seeds_needed(study, more["tilted", 4], results) is False  # its only claim is settled
+    results = _claim_results(study, fav, ref, (0.1, 0.2, 0.05))
+    assert more_seeds_needed(study, more[fav, 4], results) is True
+    assert more_seeds_needed(study, more["tilted", 4], results) is None  # its claim's seeds 1–3 have not all run
+    del results[next(u.id for u in _samples(study.units, "final") if u.params["method"] == fav and u.params["seed"] == 3)]
+    assert more_seeds_needed(study, more[fav, 4], results) is None  # seeds 1–2 decide nothing
+    assert needed(study, more[fav, 4], results) is None
+
+
+def test_a_borderline_claim_is_decided_on_seeds_1_to_6_and_the_others_stay_on_1_to_3():
+    """Seeds 1–3 borderline (d = (0.1, 0.2, 0.05), above); seeds 4–6 with d = (0.15, 0.12, 0.1) make six
+    differences of mean 0.12 and sd √0.0026 = 0.0510: t = 5.765, df 5, p = 0.00110 (scipy) — agrees. The tilted claim shares
+    the reference's seeds 4–6 but is not borderline: it stays on its seeds 1–3."""
+    from scipy import stats
+
+    from diffguide.studies.cifar10.claims import claim_comparison
+
+    study = guidance_study({}, tiny=False)
+    fav, ref = "entropy_confidence", "elucd_resnet32"
+    d = (0.1, 0.2, 0.05, 0.15, 0.12, 0.1)
+    results = _claim_results(study, fav, ref, d, seeds=(1, 2, 3, 4, 5, 6))
+    results.update({k: v for k, v in _claim_results(study, "tilted", ref, (-1.0, -1.1, -1.2, -1.0, -1.0, -1.0),
+                                                    seeds=(1, 2, 3, 4, 5, 6)).items() if v["metrics"]["fid"] != 10.0})
+    decided = claim_comparison(study, results, fav, ref, "fid", -1)
+    t = np.mean(d) / (np.std(d, ddof=1) / np.sqrt(6))
+    assert decided["n"] == 6 and decided["outcome"] == "agrees" and not decided.get("pending")
+    assert decided["p"] == pytest.approx(stats.t.sf(t, 5), rel=1e-9) == pytest.approx(0.00110, abs=5e-6)
+    assert decided["first_stage"]["n"] == 3
+    tilted = claim_comparison(study, results, "tilted", ref, "fid", -1)
+    assert tilted["n"] == 3 and tilted["outcome"] == "contradicts"
+    del results[next(u.id for u in _samples(study.units, "moreseeds") if u.params["method"] == fav
+                     and u.params["seed"] == 6)]
+    assert claim_comparison(study, results, fav, ref, "fid", -1)["pending"]  # seeds 4–5 alone decide nothing

@@ -72,6 +72,17 @@ other guides' and (α, ε) points' grids: they are what the issue asks to see be
 nothing those grids choose (the combination with CFG keeps its sample grid after its own finals). Nothing a unit
 computes changes.
 
+Amendment 9 (2026-12-02, after every claim's seed 1–3 verdict had been seen): more seeds where a verdict is
+borderline, which issue 13 asks for and the plan had left out. A claim's comparison is borderline when its seed 1–3
+outcome is within noise and its one-sided p-value in either direction is below 2α = 0.10 (``BORDERLINE_FACTOR``:
+the conventional "marginal" band, fixed by that convention, not by the p-values at hand; it selects one comparison
+today, the confidence-rule entropy against the EluCD baseline, p = 0.097). Both of its methods then get 10k samples
+at seeds 4, 5, 6 (``MORE_SEEDS``, group ``moreseeds``; no method's other seeds change, nor the main table, which
+stays seeds 1–3) and the comparison is decided on seeds 1–6 by the same test at the same α; every other comparison
+stays on seeds 1–3. Over both stages a comparison agrees under "no difference" with probability at most 2α (at most
+α at each stage). These units run right after amendment 8's, ahead of the other grids (the noise-aware methods'
+after tier 2's finals, with amendment 7's units).
+
 Run order (amendment 3; the plan is unchanged otherwise): ``TIERS`` — each tier's seed-0 grids, then its seeds 1–3,
 so the claims get their runs in turn: (1) no guidance, CFG, the EluCD baseline and reverse KL; (2) the noise-aware
 arm (the base classifier, its two fine-tunes, their calibration, ADM-G with each); (3) JS, forward KL, Hellinger; (4) tilted and the
@@ -89,6 +100,7 @@ NAME = "cifar10_guidance"
 SAMPLER, STEPS = "ddpm", 100
 SUBSET_SAMPLER, SUBSET_STEPS = "ddim", 50
 GRID_SEED, FINAL_SEEDS = 0, (1, 2, 3)
+MORE_SEEDS, BORDERLINE_FACTOR = (4, 5, 6), 2.0  # amendment 9: a borderline claim's seeds; its band, × α
 GRID_SAMPLES, FINAL_SAMPLES = 5_000, 10_000
 CFG_GRID = (0.25, 0.5, 1.0, 2.0, 3.0)
 X0_GRID = (0.125, 0.25, 0.5, 1.0, 2.0)  # amendment 3
@@ -184,9 +196,10 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
     """The plan in run order (amendment 3, module docstring): the reference, trajectories and the ResNets'
     calibration; then tier by tier (:data:`TIERS`; the noise-aware classifiers and their calibration before tier 2)
     each method's seed-0 grid (with its possible edge extensions) and its seeds 1-3; then the ‖∇J‖, sample-grid and
-    DDIM subset units (amendment 8); then the other methods' grids, the combination with CFG (grid, seeds 1-3, its
-    sample grid) and the other methods' seeds 1-3. The pictures and subset runs that need a noise-aware classifier
-    follow tier 2's finals instead (amendment 7).
+    DDIM subset units (amendment 8); then the claims' methods' seeds 4-6, which run only where a claim is borderline
+    (amendment 9); then the other methods' grids, the combination with CFG (grid, seeds 1-3, its sample grid) and
+    the other methods' seeds 1-3. The pictures, subset runs and seeds 4-6 that need a noise-aware classifier follow
+    tier 2's finals instead (amendment 7).
     ``grid_limit`` keeps the first values of each grid (the --tiny check only; reported as such)."""
     specs = methods()
     calibration, pictures = diagnostic_units(specs, steps, trajectory_samples, test_images, gradnorm_samples)
@@ -199,12 +212,14 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
         return [sample_unit("", method, specs[method], scale, sampler=SAMPLER, steps=steps, seed=GRID_SEED,
                             num_samples=grid_samples, group="grid", extension=k) for k, scale in points]
 
-    def finals(method, sampler=SAMPLER, n_steps=steps, group="final"):
+    def finals(method, sampler=SAMPLER, n_steps=steps, group="final", seeds=FINAL_SEEDS):
         return [sample_unit("", method, specs[method], None, sampler=sampler, steps=n_steps, seed=seed,
-                            num_samples=final_samples, group=group) for seed in FINAL_SEEDS]
+                            num_samples=final_samples, group=group) for seed in seeds]
 
     subsets = [u for m in SUBSET_METHODS for u in finals(m, SUBSET_SAMPLER, subset_steps, "subset")]
-    needs_classifier = [u for u in pictures + subsets if set(u.needs) & set(NOISE_AWARE.values())]  # amendment 7
+    claimed = dict.fromkeys(m for _, favoured, reference, _, _ in CLAIMS for m in (favoured, reference))
+    more = [u for m in claimed for u in finals(m, group="moreseeds", seeds=MORE_SEEDS)]  # amendment 9
+    needs_classifier = [u for u in pictures + subsets + more if set(u.needs) & set(NOISE_AWARE.values())]  # amd. 7
     out = [reference_unit(), trajectories, *(u for u in calibrations if u not in noise_aware)]
     for number, tier in enumerate(TIERS, 1):
         if number == 2:
@@ -213,7 +228,7 @@ def units(grid_samples: int = GRID_SAMPLES, final_samples: int = FINAL_SAMPLES, 
         if number == 2:
             out += needs_classifier
     combined = [u for u in pictures if u.params.get("method") == "best_cg_plus_cfg"]
-    out += [u for u in pictures + subsets if u not in needs_classifier + combined]  # amendment 8
+    out += [u for u in pictures + subsets + more if u not in needs_classifier + combined]  # amendments 8, 9
     tiered = {m for tier in TIERS for m in tier}
     rest = [m for m in specs if m not in tiered and m != "best_cg_plus_cfg"]
     out += [u for m in rest for u in grid(m)] + grid("best_cg_plus_cfg") + finals("best_cg_plus_cfg") + combined

@@ -82,8 +82,13 @@ def is_done(study: Study, unit: Unit, cache: Path, results: dict) -> bool:
 
 def needed(study: Study, unit: Unit, results: dict) -> bool | None:
     """Whether a seed-0 grid point beyond the fixed grid (``params['extension']``) is asked for by the edge rule
-    (:func:`grid_scales`): True, False once the grid is settled without it, None while undecided. Every other unit:
+    (:func:`grid_scales`), or a claimed method's seed 4–6 run by the borderline rule
+    (:func:`.claims.more_seeds_needed`): True, False once decided without it, None while undecided. Every other unit:
     True."""
+    if unit.kind == "sample" and unit.params.get("group") == "moreseeds":
+        from .claims import more_seeds_needed
+
+        return more_seeds_needed(study, unit, results)
     if unit.kind != "sample" or not unit.params.get("extension"):
         return True
     scales, settled = grid_scales(study, unit.params["method"], results)
@@ -399,7 +404,8 @@ def describe(study: Study, cache_dir, results_dir) -> str:
     state = status(study, cache_dir, results_dir)
     tag = {uid: name for name in ("ready", "blocked", "waiting") for uid in state[name]}
     left = [u for u in study.units if u.id in tag]
-    skipped = (f", {len(state['not needed'])} not needed (edge points, cache files no unit left needs)"
+    skipped = (f", {len(state['not needed'])} not needed (edge points, seeds no borderline claim asks for, cache "
+               "files no unit left needs)"
                if state["not needed"] else "")
     lines = [f"{study.name}: {len(state['done'])} of {len(study.units)} units done{skipped}; left {len(left)} "
              f"(~{sum(u.est_s for u in left) / 60:.0f} H200 min estimated, edge points included)"]
