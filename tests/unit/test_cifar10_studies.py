@@ -929,7 +929,7 @@ def test_a_borderline_claim_asks_for_seeds_4_to_6_of_both_its_methods():
     study = guidance_study({}, tiny=False)
     fav, ref = "entropy_confidence", "elucd_resnet32"
     more = {(u.params["method"], u.params["seed"]): u for u in _samples(study.units, "moreseeds")}
-    others = [m for m in ("tilted", "entropy_time", "reverse_kl_a0.5_e0.9", "entropy_inverse_entropy")]
+    others = ("tilted", "entropy_time", "reverse_kl_a0.5_e0.9", "entropy_inverse_entropy")
     background = {}
     for other in others:  # the baseline's other claims: far from borderline (contradicts)
         background.update({k: v for k, v in _claim_results(study, other, ref, (-1.0, -1.1, -1.2)).items()
