@@ -13,12 +13,15 @@ off-the-shelf torchvision ResNet-101 on x̂0 (EluCD, random weights)}.
         --out benchmarks/results/adm128_vs_guided_diffusion_h200.json
 
 ``--qkv-layouts contiguous,strided`` adds fast rows with the attention layout used before 2026-12-01 (SDPA's math
-kernel: float32 batched matmuls, a materialised softmax), side by side.
+kernel: float32 batched matmuls, a materialised softmax), side by side; ``--memory-formats channels_last,contiguous``
+fast rows with the networks in each memory format (each variant compiles fresh copies of the networks).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import statistics
 import sys
@@ -33,7 +36,7 @@ from diffguide.accel import fast_module
 from diffguide.checkpoints import NetworkConfig
 from diffguide.io import atomic_write_text
 from diffguide.nets import EncoderUNetModel, UNetModel
-from common import add_qkv_layouts_argument, layout  # (this folder is on sys.path)
+from common import add_memory_formats_argument, add_qkv_layouts_argument, layout, memory_format  # (on sys.path)
 
 ADM128 = dict(image_size=128, class_cond=True, learn_sigma=True, num_channels=256, num_res_blocks=2, channel_mult="",
               num_heads=4, num_head_channels=-1, num_heads_upsample=-1, attention_resolutions="32,16,8", dropout=0.0,
@@ -108,7 +111,7 @@ def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, 
 
 
 def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet101: bool,
-                   qkv_layouts=("contiguous",)):
+                   qkv_layouts=("contiguous",), memory_formats=("channels_last",)):
     unet_kwargs = dict(NetworkConfig.from_preset("imagenet128").kwargs)
     classifier_kwargs = dict(NetworkConfig.from_preset("imagenet128-classifier").kwargs)
     with torch.device(device):
@@ -124,16 +127,22 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
                                       .with_preprocess(size=None))
     config = NetworkConfig(kind="UNetModel", kwargs=unet_kwargs, schedule="linear", learn_sigma=True)
     rows = []
-    for fast, layout_name in ((False, qkv_layouts[0]), *((True, name) for name in qkv_layouts)):
-        net = fast_module(unet, fast=fast)
+    variants = ((False, qkv_layouts[0], "eager"), *((True, q, f) for f in memory_formats for q in qkv_layouts))
+    for fast, layout_name, format_name in variants:
+        def prepare(module):  # on the fast path a compiled copy: fast_module moves a module's memory format in place
+            return fast_module(copy.deepcopy(module), fast=True) if fast else module
+
+        with memory_format(format_name) if fast else contextlib.nullcontext():
+            net = prepare(unet)
+            prepared = {name: guide and (guide[0], prepare(guide[1])) for name, guide in guides.items()}
         denoiser = config.denoiser(net, "250")
-        for name, guide in guides.items():
+        for name, guide in prepared.items():
             guidance = None
             if guide is not None:
                 on, module = guide
                 # ADM's condition_mean for ADM-G (the computation guided-diffusion runs); the score shift on x̂0
                 # on the fast path the guide is compiled too, as diffguide.api.sample does
-                guidance = Guidance(classifier=ClassifierGuidance(fast_module(module, fast=fast), on=on, scale=1.0),
+                guidance = Guidance(classifier=ClassifierGuidance(module, on=on, scale=1.0),
                                     rule="mean" if on == "x_t" else "score")
             noise = SeededNoise(0, range(batch), (3, 128, 128), device=device)
             labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
@@ -153,8 +162,9 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
                 pass
             steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
             seconds = statistics.median(steps)
-            code = f"diffguide bf16 {'fast' if fast else 'eager'}" + ("" if layout_name == "contiguous" else " strided")
-            rows.append(dict(code=code, batch=batch, guidance=name, qkv_layout=layout_name,
+            code = (f"diffguide bf16 {'fast' if fast else 'eager'}" + ("" if layout_name == "contiguous" else " strided")
+                    + (" contiguous-format" if format_name == "contiguous" else ""))
+            rows.append(dict(code=code, batch=batch, guidance=name, qkv_layout=layout_name, memory_format=format_name,
                              ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250),
                              warmup_s=stamps[warmup] - started))
             print(rows[-1], flush=True)
@@ -168,6 +178,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--measure", type=int, default=10, help="timed steps (the median is reported)")
     add_qkv_layouts_argument(parser)
+    add_memory_formats_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
     args = parser.parse_args(argv)
     if not (args.guided_diffusion / "guided_diffusion" / "script_util.py").is_file():
@@ -182,7 +193,7 @@ def main(argv=None) -> dict:
         gd_rows, states = guided_diffusion_rows(args.guided_diffusion, batch, args.warmup, args.measure, device)
         rows += gd_rows
         rows += diffguide_rows(states, batch, args.warmup, args.measure, device, resnet101=batch == 64,
-                               qkv_layouts=args.qkv_layouts)
+                               qkv_layouts=args.qkv_layouts, memory_formats=args.memory_formats)
         torch.cuda.empty_cache()
     baseline = {(r["batch"], r["guidance"]): r["images_per_s"] for r in rows if r["code"].startswith("guided")}
     for r in rows:
@@ -191,10 +202,10 @@ def main(argv=None) -> dict:
     result = dict(benchmark="adm128_vs_guided_diffusion", device_name=torch.cuda.get_device_name(device),
                   torch=torch.__version__, steps=250, warmup=args.warmup, measure=args.measure, rows=rows)
     print(f"\nADM-128, 250 steps, {result['device_name']}, torch {torch.__version__}")
-    print(f"{'code':<32} {'batch':>5} {'guidance':<18} {'ms/step':>9} {'img/s':>7} {'vs GD':>6} {'warm-up s':>9}")
+    print(f"{'code':<46} {'batch':>5} {'guidance':<18} {'ms/step':>9} {'img/s':>7} {'vs GD':>6} {'warm-up s':>9}")
     for r in rows:
         speed = f"{r['speedup_vs_guided_diffusion']:.2f}" if r["speedup_vs_guided_diffusion"] else "-"
-        print(f"{r['code']:<32} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
+        print(f"{r['code']:<46} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
               f"{r['images_per_s']:>7.3f} {speed:>6} {r['warmup_s']:>9.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

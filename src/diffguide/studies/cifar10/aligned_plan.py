@@ -70,6 +70,9 @@ one run (``benchmarks/cifar_throughput.py --sections train --fast-only --big-bat
 strided/channels_last,contiguous/contiguous``, written to :data:`SETTING_MEASUREMENT`), every training unit run
 after it uses both; else nothing changes. :func:`training_setting` is the rule; every training record names the
 setting it ran with.
+The measurement (2026-12-03, H200, torch 2.11, 300 steps per setting, one run; SETTING_MEASUREMENT): 24.91 ms a
+step (40.1 steps/s) strided/channels_last against 19.94 ms (50.2 steps/s) contiguous/contiguous, 20.0% less time:
+every training unit run after it trains q/k/v contiguous in the contiguous memory format.
 """
 
 from __future__ import annotations
