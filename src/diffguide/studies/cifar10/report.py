@@ -45,7 +45,7 @@ def header(study: Study, results: dict, title: str, protocol: str) -> list[str]:
         layouts = sorted({r.get("attention_qkv", "strided") for r in results.values()})
         lines += [f"**Environment**: GPU {env['gpu']}, torch {env['torch']}, precision {env['precision']}, "
                   f"attention q/k/v {' and '.join(layouts)} (`plan.attention_qkv_contiguous`: sampling units "
-                  "contiguous, training units strided, SDPA's math kernel)"
+                  "contiguous; each training's layout and memory format: its row under Trainings)"
                   + (" — **TINY CPU CHECK, NOT CIFAR-10 EVIDENCE**" if env.get("tiny") else "") + ".", ""]
     return lines
 
