@@ -81,8 +81,8 @@ import json
 from pathlib import Path
 
 from ...train.losses import effective_guidance
-from .plan import (ALIGNED_TRAIN_IMG_S, TrainingSetting, Unit, reference_unit, sample_grid_unit, sample_unit,
-                   training_seconds)
+from .plan import (ALIGNED_TRAIN_IMG_S, CONTIGUOUS_TRAIN_IMG_S, TrainingSetting, Unit, reference_unit,
+                   sample_grid_unit, sample_unit, training_seconds)
 
 NAME = "cifar10_cfg_aligned"
 STEPS, FINETUNE_STEPS, BATCH = 23_679, 2_368, 128
@@ -154,12 +154,14 @@ def control_scales(w_grid=W_GRID, arms=None) -> list[float]:
 
 
 def train_units(steps_scale: float = 1.0) -> list[Unit]:
-    """The five trainings; an aligned step (it forwards [x_t, x_t] with [c̃, ∅]) is estimated at its measured rate."""
+    """The five trainings; an aligned step (it forwards [x_t, x_t] with [c̃, ∅]) is estimated at its measured rate
+    (strided, channels_last: conservative, its contiguous step was never timed), a standard step at the contiguous
+    setting's rate (amendment 5 made every later training contiguous)."""
     out = []
     for arm, delta in ARMS.items():
         steps = max(2, int(delta["steps"] * steps_scale))
         needs = (delta["init_from"],) if "init_from" in delta else ()
-        rate = {"images_per_s": ALIGNED_TRAIN_IMG_S} if delta["loss"]["kind"] == "aligned" else {}
+        rate = {"images_per_s": ALIGNED_TRAIN_IMG_S if delta["loss"]["kind"] == "aligned" else CONTIGUOUS_TRAIN_IMG_S}
         out.append(Unit(arm, "train", {**delta, "steps": steps, "batch_size": BATCH, "seed": 0}, needs,
                         training_seconds(steps, BATCH, **rate)))
     return out

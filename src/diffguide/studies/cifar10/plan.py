@@ -99,6 +99,10 @@ def attention_qkv_contiguous(kind: str) -> bool:
 CFG_STEP_S = 1.0 / (263 * 50)  # seconds per image and sampler step with CFG (two network passes, batched)
 GUIDED_FACTOR = 1.3
 TRAIN_IMG_S = 4683.0
+CONTIGUOUS_TRAIN_IMG_S = TRAIN_IMG_S * 6420.3 / 5138.5
+"""The standard-loss training rate in the q/k/v-contiguous, contiguous-memory setting (amendment 5 of the aligned
+study): the study's measured 4,683 img/s (strided, channels_last) scaled by the benchmark's ratio of the two settings
+timed in one run (6,420.3 / 5,138.5 img/s, benchmarks/results/cifar_train_settings_h200.json): ~5,851 img/s."""
 ALIGNED_TRAIN_IMG_S = 2781.0
 """Batch images per second of the aligned loss's training step (it forwards [x_t, x_t] with [c̃, ∅], twice the
 batch): the H200's batch-128 strided channels_last row of benchmarks/results/cifar_train_formats_h200.json."""
