@@ -171,6 +171,16 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
     return rows
 
 
+def with_speedups(rows: list[dict]) -> list[dict]:
+    """``rows`` (in place), each with its images/s over guided-diffusion's at the same batch and guidance (None
+    where guided-diffusion has no such row)."""
+    baseline = {(r["batch"], r["guidance"]): r["images_per_s"] for r in rows if r["code"].startswith("guided")}
+    for r in rows:
+        base = baseline.get((r["batch"], r["guidance"]))
+        r["speedup_vs_guided_diffusion"] = r["images_per_s"] / base if base else None
+    return rows
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guided-diffusion", type=Path, required=True, help="a checkout of openai/guided-diffusion")
@@ -188,27 +198,25 @@ def main(argv=None) -> dict:
         raise SystemExit("this benchmark needs a CUDA GPU (guided-diffusion's fp16 path)")
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
-    rows = []
-    for batch in (int(b) for b in args.batches.split(",")):
+    rows, batches = [], [int(b) for b in args.batches.split(",")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for done, batch in enumerate(batches, 1):
         gd_rows, states = guided_diffusion_rows(args.guided_diffusion, batch, args.warmup, args.measure, device)
         rows += gd_rows
         rows += diffguide_rows(states, batch, args.warmup, args.measure, device, resnet101=batch == 64,
                                qkv_layouts=args.qkv_layouts, memory_formats=args.memory_formats)
         torch.cuda.empty_cache()
-    baseline = {(r["batch"], r["guidance"]): r["images_per_s"] for r in rows if r["code"].startswith("guided")}
-    for r in rows:
-        base = baseline.get((r["batch"], r["guidance"]))
-        r["speedup_vs_guided_diffusion"] = r["images_per_s"] / base if base else None
-    result = dict(benchmark="adm128_vs_guided_diffusion", device_name=torch.cuda.get_device_name(device),
-                  torch=torch.__version__, steps=250, warmup=args.warmup, measure=args.measure, rows=rows)
+        # after every batch, so that a run cut short (a 10-minute command) keeps the batches it finished
+        result = dict(benchmark="adm128_vs_guided_diffusion", device_name=torch.cuda.get_device_name(device),
+                      torch=torch.__version__, steps=250, warmup=args.warmup, measure=args.measure,
+                      batches_done=batches[:done], batches_left=batches[done:], rows=with_speedups(rows))
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"\nADM-128, 250 steps, {result['device_name']}, torch {torch.__version__}")
     print(f"{'code':<46} {'batch':>5} {'guidance':<18} {'ms/step':>9} {'img/s':>7} {'vs GD':>6} {'warm-up s':>9}")
     for r in rows:
         speed = f"{r['speedup_vs_guided_diffusion']:.2f}" if r["speedup_vs_guided_diffusion"] else "-"
         print(f"{r['code']:<46} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
               f"{r['images_per_s']:>7.3f} {speed:>6} {r['warmup_s']:>9.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return result
 
 
