@@ -14,7 +14,10 @@ off-the-shelf torchvision ResNet-101 on x̂0 (EluCD, random weights)}.
 
 ``--qkv-layouts contiguous,strided`` adds fast rows with the attention layout used before 2026-12-01 (SDPA's math
 kernel: float32 batched matmuls, a materialised softmax), side by side; ``--memory-formats channels_last,contiguous``
-fast rows with the networks in each memory format (each variant compiles fresh copies of the networks).
+fast rows with the networks in each memory format, ``--compile-modes default,max-autotune-no-cudagraphs`` fast rows
+compiled in each torch.compile mode (each variant compiles fresh copies of the networks). A batch's fast variant
+compiles for about 4 minutes (the UNet, the ADM-G pair, the ResNet-101 pair): to fit two variants into a 10-minute
+command, time one batch a call (``--batches 16``); the JSON is written after every batch.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from diffguide.accel import fast_module
 from diffguide.checkpoints import NetworkConfig
 from diffguide.io import atomic_write_text
 from diffguide.nets import EncoderUNetModel, UNetModel
-from common import add_memory_formats_argument, add_qkv_layouts_argument, layout, memory_format  # (on sys.path)
+from common import (add_compile_modes_argument, add_memory_formats_argument, add_qkv_layouts_argument,  # (on sys.path)
+                    layout, memory_format)
 
 ADM128 = dict(image_size=128, class_cond=True, learn_sigma=True, num_channels=256, num_res_blocks=2, channel_mult="",
               num_heads=4, num_head_channels=-1, num_heads_upsample=-1, attention_resolutions="32,16,8", dropout=0.0,
@@ -111,7 +115,7 @@ def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, 
 
 
 def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet101: bool,
-                   qkv_layouts=("contiguous",), memory_formats=("channels_last",)):
+                   qkv_layouts=("contiguous",), memory_formats=("channels_last",), compile_modes=(None,)):
     unet_kwargs = dict(NetworkConfig.from_preset("imagenet128").kwargs)
     classifier_kwargs = dict(NetworkConfig.from_preset("imagenet128-classifier").kwargs)
     with torch.device(device):
@@ -127,10 +131,11 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
                                       .with_preprocess(size=None))
     config = NetworkConfig(kind="UNetModel", kwargs=unet_kwargs, schedule="linear", learn_sigma=True)
     rows = []
-    variants = ((False, qkv_layouts[0], "eager"), *((True, q, f) for f in memory_formats for q in qkv_layouts))
-    for fast, layout_name, format_name in variants:
+    variants = ((False, qkv_layouts[0], "eager", None),
+                *((True, q, f, m) for m in compile_modes for f in memory_formats for q in qkv_layouts))
+    for fast, layout_name, format_name, mode in variants:
         def prepare(module):  # on the fast path a compiled copy: fast_module moves a module's memory format in place
-            return fast_module(copy.deepcopy(module), fast=True) if fast else module
+            return fast_module(copy.deepcopy(module), fast=True, mode=mode) if fast else module
 
         with memory_format(format_name) if fast else contextlib.nullcontext():
             net = prepare(unet)
@@ -163,8 +168,9 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
             steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
             seconds = statistics.median(steps)
             code = (f"diffguide bf16 {'fast' if fast else 'eager'}" + ("" if layout_name == "contiguous" else " strided")
-                    + (" contiguous-format" if format_name == "contiguous" else ""))
+                    + (" contiguous-format" if format_name == "contiguous" else "") + (f" {mode}" if mode else ""))
             rows.append(dict(code=code, batch=batch, guidance=name, qkv_layout=layout_name, memory_format=format_name,
+                             compile_mode=(mode or "default") if fast else None,
                              ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250),
                              warmup_s=stamps[warmup] - started))
             print(rows[-1], flush=True)
@@ -189,6 +195,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--measure", type=int, default=10, help="timed steps (the median is reported)")
     add_qkv_layouts_argument(parser)
     add_memory_formats_argument(parser)
+    add_compile_modes_argument(parser)
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
     args = parser.parse_args(argv)
     if not (args.guided_diffusion / "guided_diffusion" / "script_util.py").is_file():
@@ -204,7 +211,8 @@ def main(argv=None) -> dict:
         gd_rows, states = guided_diffusion_rows(args.guided_diffusion, batch, args.warmup, args.measure, device)
         rows += gd_rows
         rows += diffguide_rows(states, batch, args.warmup, args.measure, device, resnet101=batch == 64,
-                               qkv_layouts=args.qkv_layouts, memory_formats=args.memory_formats)
+                               qkv_layouts=args.qkv_layouts, memory_formats=args.memory_formats,
+                               compile_modes=args.compile_modes)
         torch.cuda.empty_cache()
         # after every batch, so that a run cut short (a 10-minute command) keeps the batches it finished
         result = dict(benchmark="adm128_vs_guided_diffusion", device_name=torch.cuda.get_device_name(device),
@@ -212,10 +220,10 @@ def main(argv=None) -> dict:
                       batches_done=batches[:done], batches_left=batches[done:], rows=with_speedups(rows))
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"\nADM-128, 250 steps, {result['device_name']}, torch {torch.__version__}")
-    print(f"{'code':<46} {'batch':>5} {'guidance':<18} {'ms/step':>9} {'img/s':>7} {'vs GD':>6} {'warm-up s':>9}")
+    print(f"{'code':<64} {'batch':>5} {'guidance':<18} {'ms/step':>9} {'img/s':>7} {'vs GD':>6} {'warm-up s':>9}")
     for r in rows:
         speed = f"{r['speedup_vs_guided_diffusion']:.2f}" if r["speedup_vs_guided_diffusion"] else "-"
-        print(f"{r['code']:<46} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
+        print(f"{r['code']:<64} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
               f"{r['images_per_s']:>7.3f} {speed:>6} {r['warmup_s']:>9.1f}")
     return result
 

@@ -40,8 +40,8 @@ from diffguide.io import atomic_write_text
 from diffguide.sampling import generate
 from diffguide.studies.cifar10.aligned_plan import ARMS
 from diffguide.train import TrainConfig, train
-from common import (MEMORY_FORMATS, QKV_LAYOUTS, add_memory_formats_argument, add_qkv_layouts_argument,  # (on sys.path)
-                    layout, memory_format)
+from common import (MEMORY_FORMATS, QKV_LAYOUTS, add_compile_modes_argument, add_memory_formats_argument,  # (on sys.path)
+                    add_qkv_layouts_argument, layout, memory_format)
 
 
 def _sync(device):
@@ -183,9 +183,7 @@ def main(argv=None) -> dict:
                         help="the fast batch-128 training rows, one per q/k/v layout/memory format pair (e.g. "
                              "'strided/channels_last,contiguous/contiguous'), instead of every --qkv-layouts x "
                              "--memory-formats combination; the first pair also runs the other training rows")
-    parser.add_argument("--compile-modes", default="default",
-                        help="comma-separated torch.compile modes of the fast sampling variant, each a row (e.g. "
-                             "'default,max-autotune-no-cudagraphs')")
+    add_compile_modes_argument(parser)  # the sampling section's
     parser.add_argument("--tiny", action="store_true", help="a tiny network, a few steps and images: a CPU check of "
                         "the script (needs the train section)")
     parser.add_argument("--out", type=Path, required=True, help="JSON output path")
@@ -214,7 +212,7 @@ def main(argv=None) -> dict:
             rows[-1].update(qkv_layout=layout_name, memory_format=format_name if rows[-1]["fast"] else "eager")
             print(rows[-1], flush=True)
     if "sample" in sections:
-        modes = [None if m == "default" else m for m in args.compile_modes.split(",")]
+        modes = args.compile_modes
         first = args.qkv_layouts[0]
         fmt = args.memory_formats[0]
         variants = ((256 if not args.tiny else 4, False, None, first, fmt), (args.sample_batch, False, None, first, fmt),

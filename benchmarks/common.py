@@ -1,4 +1,5 @@
-"""What several benchmarks share: the CIFAR-10 study's arguments, and the attention layouts to time side by side.
+"""What several benchmarks share: the CIFAR-10 study's arguments, and the variants (attention layouts, memory formats,
+compile modes) to time side by side.
 (Run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``.)"""
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ def add_memory_formats_argument(parser: argparse.ArgumentParser, default: str = 
     parser.add_argument("--memory-formats", type=_memory_formats, default=_memory_formats(default),
                         help="comma-separated memory formats of the fast path's networks, each its own rows: "
                              f"channels_last (the default) and contiguous [default: {default}]")
+
+
+def _compile_modes(text: str) -> list[str | None]:
+    """A comma-separated list of torch.compile modes ('default': torch's default, as None)."""
+    given = [m.strip() for m in text.split(",") if m.strip()]
+    if not given:
+        raise argparse.ArgumentTypeError("expected at least one torch.compile mode, e.g. 'default'")
+    return [None if m == "default" else m for m in given]
+
+
+def add_compile_modes_argument(parser: argparse.ArgumentParser) -> None:
+    """--compile-modes: the torch.compile modes of the fast variants to time, each its own rows, in one process."""
+    parser.add_argument("--compile-modes", type=_compile_modes, default=[None],
+                        help="comma-separated torch.compile modes of the fast variant, each its own rows (e.g. "
+                             "'default,max-autotune-no-cudagraphs') [default: default]")
 
 
 def memory_format(name: str):
