@@ -161,9 +161,9 @@ def train_units(steps_scale: float = 1.0) -> list[Unit]:
     for arm, delta in ARMS.items():
         steps = max(2, int(delta["steps"] * steps_scale))
         needs = (delta["init_from"],) if "init_from" in delta else ()
-        rate = {"images_per_s": ALIGNED_TRAIN_IMG_S if delta["loss"]["kind"] == "aligned" else CONTIGUOUS_TRAIN_IMG_S}
+        images_per_s = ALIGNED_TRAIN_IMG_S if delta["loss"]["kind"] == "aligned" else CONTIGUOUS_TRAIN_IMG_S
         out.append(Unit(arm, "train", {**delta, "steps": steps, "batch_size": BATCH, "seed": 0}, needs,
-                        training_seconds(steps, BATCH, **rate)))
+                        training_seconds(steps, BATCH, images_per_s)))
     return out
 
 
