@@ -40,8 +40,8 @@ from diffguide.io import atomic_write_text
 from diffguide.sampling import generate
 from diffguide.studies.cifar10.aligned_plan import ARMS
 from diffguide.train import TrainConfig, train
-from common import (MEMORY_FORMATS, QKV_LAYOUTS, add_compile_modes_argument, add_memory_formats_argument,  # (on sys.path)
-                    add_qkv_layouts_argument, layout, memory_format)
+from common import (MEMORY_FORMATS, QKV_LAYOUTS, add_compile_modes_argument,  # (on sys.path)
+                    add_memory_formats_argument, add_qkv_layouts_argument, layout, memory_format)
 
 
 def _sync(device):
@@ -212,12 +212,11 @@ def main(argv=None) -> dict:
             rows[-1].update(qkv_layout=layout_name, memory_format=format_name if rows[-1]["fast"] else "eager")
             print(rows[-1], flush=True)
     if "sample" in sections:
-        modes = args.compile_modes
         first = args.qkv_layouts[0]
         fmt = args.memory_formats[0]
         variants = ((256 if not args.tiny else 4, False, None, first, fmt), (args.sample_batch, False, None, first, fmt),
-                    *((args.sample_batch, True, mode, name, f) for mode in modes for f in args.memory_formats
-                      for name in args.qkv_layouts))
+                    *((args.sample_batch, True, mode, name, f) for mode in args.compile_modes
+                      for f in args.memory_formats for name in args.qkv_layouts))
         for batch, fast, mode, layout_name, format_name in (v for v in variants if v[1] or not args.fast_only):
             model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
             with layout(layout_name), memory_format(format_name):
