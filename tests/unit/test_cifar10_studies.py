@@ -294,6 +294,30 @@ def test_each_result_names_the_weights_it_sampled_with(tiny_run, tmp_path):
     assert json.loads(json.dumps(records)) == records  # plain JSON
 
 
+def test_a_steps_cell_whose_seeds_used_two_trainings_is_marked(tiny_run, tmp_path):
+    """A FID-vs-steps cell whose seeds sampled different weights of one arm (trained again from the same seed)
+    gets a dagger and the footnote; the tiny run, one training per arm, has neither. The cell's number is unchanged."""
+    import shutil
+
+    study, root, _ = tiny_run
+    clean = aligned_report(study, root / "cache", root / "results", tmp_path / "clean.md").read_text()
+    assert "†" not in clean
+    folder = tmp_path / "results"
+    shutil.copytree(root / "results", folder)
+    records = {u: r for u, r in load_results(folder).items() if r.get("group") == "steps"}
+    cell = {}
+    for uid, r in records.items():
+        cell.setdefault((r["method"], r["scale"], r["sampler"], r["steps"]), []).append(uid)
+    key, uids = next((k, v) for k, v in cell.items() if len(v) > 1)
+    first = json.loads((folder / f"{uids[0]}.json").read_text())
+    (folder / f"{uids[0]}.json").write_text(json.dumps({**first, "weights": {key[0]: "0" * 16}}))
+    marked = aligned_report(study, root / "cache", folder, tmp_path / "marked.md").read_text()
+    assert marked.count(" †") == 1 and "† its seeds sampled more than one training" in marked
+    row = next(line for line in marked.splitlines() if " †" in line)
+    assert row.startswith(f"| {key[0]} | ")
+    assert row.replace(" †", "") in clean.splitlines()
+
+
 def test_scoring_with_the_kept_assets_gives_the_numbers_of_a_fresh_load(tiny_run):
     """The units of one process share the Inception network, the reference (and its k-NN radii) and the judge
     (accel.kept); scoring a unit's samples again with everything loaded afresh gives exactly its recorded metrics

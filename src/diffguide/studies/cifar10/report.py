@@ -98,6 +98,12 @@ def strided_section(results: dict, results_dir) -> list[str]:
     return lines + [""]
 
 
+def weights_used(records) -> set:
+    """The distinct trained weights a group of sampling records used: each record's {trained unit: digest}, as a
+    hashable key; a record from before the digests were kept (no ``weights``) counts as one more, unnamed, set."""
+    return {tuple(sorted(r.get("weights", {}).items())) for r in records}
+
+
 def trainings_section(study: Study, results: dict, results_dir) -> list[str]:
     """Every training of the plan's trained units that left a record (:mod:`.provenance`), and how many committed
     sampling results used each one's weights; results from before the records were kept name no weights (the
@@ -305,11 +311,18 @@ def aligned_report(study: Study, cache_dir, results_dir, out_path) -> Path:
         seeds = "seeds 1–3" if scale is not None else "seeds 1–3 at DDIM 10/20/50 (the claims' points), seed 1 elsewhere"
         lines += [f"## FID vs steps at {label} ({seeds}, 10k samples)", "",
                   "| arm | " + " | ".join(f"{s} {n}" for s, n in step_points) + " |", "|---|" + "---|" * len(step_points)]
+        mixed = False
         for arm in ap.ARMS:
-            lines.append(f"| {arm} | " + " | ".join(mean_std([value(r, "fid") for r in runs(
-                study, results, method=arm, group="steps", scale=scale, sampler=s, steps=n)]) for s, n in step_points)
-                + " |")
+            cells = [runs(study, results, method=arm, group="steps", scale=scale, sampler=s, steps=n)
+                     for s, n in step_points]
+            marks = [" †" if len(weights_used(rs)) > 1 else "" for rs in cells]
+            mixed |= any(marks)
+            lines.append(f"| {arm} | " + " | ".join(mean_std([value(r, "fid") for r in rs]) + mark
+                                                    for rs, mark in zip(cells, marks)) + " |")
         lines.append("")
+        if mixed:
+            lines += ["† its seeds sampled more than one training of the arm's recipe (the same seed, trained again; "
+                      "see Trainings): the spread includes the GPU's nondeterminism in training.", ""]
     lines += plots.fid_vs_steps_figure(study, results, results_dir, out_path)
     rows = []
     for arm in ("aligned_w1", "aligned_w2", "aligned_w1_stopgrad", "aligned_ft_w1"):
