@@ -115,7 +115,7 @@ def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, 
 
 
 def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet101: bool,
-                   qkv_layouts=("contiguous",), memory_formats=("channels_last",), compile_modes=(None,)):
+                   qkv_layouts=("contiguous",), memory_formats=("contiguous",), compile_modes=(None,)):
     unet_kwargs = dict(NetworkConfig.from_preset("imagenet128").kwargs)
     classifier_kwargs = dict(NetworkConfig.from_preset("imagenet128-classifier").kwargs)
     with torch.device(device):
@@ -168,7 +168,7 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
             steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
             seconds = statistics.median(steps)
             code = (f"diffguide bf16 {'fast' if fast else 'eager'}" + ("" if layout_name == "contiguous" else " strided")
-                    + (" contiguous-format" if format_name == "contiguous" else "") + (f" {mode}" if mode else ""))
+                    + (" channels-last" if format_name == "channels_last" else "") + (f" {mode}" if mode else ""))
             rows.append(dict(code=code, batch=batch, guidance=name, qkv_layout=layout_name, memory_format=format_name,
                              compile_mode=(mode or "default") if fast else None,
                              ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250),

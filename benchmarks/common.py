@@ -51,18 +51,18 @@ def layout(name: str):
 
 
 MEMORY_FORMATS = {"channels_last": True, "contiguous": False}
-"""The fast path's memory formats (:func:`diffguide.accel.channels_last`): channels-last, the default, and the
-module's own (contiguous) format."""
+"""The fast path's memory formats (:func:`diffguide.accel.channels_last`): the module's own (contiguous) format, the
+default since 2026-12-04, and channels-last."""
 
 
 _memory_formats = _subset_of(MEMORY_FORMATS)
 
 
-def add_memory_formats_argument(parser: argparse.ArgumentParser, default: str = "channels_last") -> None:
+def add_memory_formats_argument(parser: argparse.ArgumentParser, default: str = "contiguous") -> None:
     """--memory-formats: the fast path's memory formats to time, each its own rows, in one process."""
     parser.add_argument("--memory-formats", type=_memory_formats, default=_memory_formats(default),
                         help="comma-separated memory formats of the fast path's networks, each its own rows: "
-                             f"channels_last (the default) and contiguous [default: {default}]")
+                             f"contiguous (the library's default) and channels_last [default: {default}]")
 
 
 def _compile_modes(text: str) -> list[str | None]:

@@ -1,4 +1,4 @@
-"""The fast path on a GPU: compiled networks in channels-last memory, fused optimisers, cuDNN autotuning.
+"""The fast path on a GPU: compiled networks, fused optimisers, cuDNN autotuning.
 
 Every default command takes it on CUDA without a flag and falls back to plain eager PyTorch on the CPU (where
 compiling costs more time than it saves at this project's sizes). ``--eager`` on the commands (``fast=False`` in the
@@ -35,14 +35,16 @@ def use_fast_path(fast: bool | None, device: torch.device | str) -> bool:
 
 
 def fast_module(module: nn.Module, *, fast: bool, mode: str | None = None) -> nn.Module:
-    """``module`` in channels-last memory, compiled with ``torch.compile`` (static shapes) when ``fast``; else itself.
+    """``module`` compiled with ``torch.compile`` (static shapes) when ``fast``; else itself.
 
     The compiled module shares parameters with ``module`` and forwards attribute access to it (``.config``,
     ``.null_label``…), so it drops in wherever the module was used. ``mode``: a ``torch.compile`` mode (default: its
     default; ``$DIFFGUIDE_COMPILE_MODE`` overrides it); "reduce-overhead" adds CUDA graphs, which pay where the CPU
     cannot launch kernels as fast as the GPU runs them (CIFAR training at batch 128: 2.25x, docs/performance.md).
-    ``$DIFFGUIDE_CHANNELS_LAST=0`` keeps the module's own memory format (a benchmark's switch: whether channels-last
-    pays is measured per workload, benchmarks/profile_train.py and profile_sample.py)."""
+    The module keeps its own (contiguous) memory format; ``$DIFFGUIDE_CHANNELS_LAST=1`` puts it channels-last first
+    (a benchmark's switch; contiguous is the default since 2026-12-04: summed over the ADM-128 fast rows of
+    benchmarks/results/adm128_formats_h200.json and adm128_formats_b16_h200.json it takes 4.5% less time, CIFAR-10
+    training 8.8–20% less, CIFAR-10 sampling the same; docs/performance.md)."""
     if not fast:
         return module
     if channels_last_enabled():
@@ -51,8 +53,8 @@ def fast_module(module: nn.Module, *, fast: bool, mode: str | None = None) -> nn
 
 
 def channels_last_enabled() -> bool:
-    """Whether :func:`fast_module` puts modules channels-last (``$DIFFGUIDE_CHANNELS_LAST``, default on)."""
-    return os.environ.get("DIFFGUIDE_CHANNELS_LAST", "1") != "0"
+    """Whether :func:`fast_module` puts modules channels-last (``$DIFFGUIDE_CHANNELS_LAST=1``; default off)."""
+    return os.environ.get("DIFFGUIDE_CHANNELS_LAST", "0") == "1"
 
 
 @contextlib.contextmanager

@@ -200,7 +200,7 @@ def sample(settings: SampleSettings | None = None, *, out: str | Path | None = N
     """Draw samples as ``diffguide sample`` does: pass a :class:`SampleSettings` or its fields as keywords.
 
     With ``out`` the run is written there (shards, ``samples.npz``, ``grid.png``, ``run.json``) and can be resumed;
-    under torchrun, rank 0 returns the merged samples and the other ranks ``None``. ``fast``: the compiled channels-last
+    under torchrun, rank 0 returns the merged samples and the other ranks ``None``. ``fast``: the compiled
     network and guidance classifier of :mod:`diffguide.accel` (default: on CUDA only; ``False`` is plain eager PyTorch).
     ``step_callback(guidance, start)``: the sampler ``callback`` of the batch whose first sample is ``start``, given
     the run's :class:`~diffguide.guidance.Guidance` (e.g. to read the classifier along the steps); see

@@ -39,8 +39,8 @@ def test_eager_fast_module_is_the_module_itself():
     assert fast_module(net, fast=False) is net
 
 
-@pytest.mark.parametrize("switch, channels_last", [(None, True), ("1", True), ("0", False)])
-def test_fast_module_is_channels_last_unless_switched_off(monkeypatch, switch, channels_last):
+@pytest.mark.parametrize("switch, channels_last", [(None, False), ("1", True), ("0", False)])
+def test_fast_module_keeps_the_contiguous_format_unless_switched_to_channels_last(monkeypatch, switch, channels_last):
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)  # the layout is what is tested
     if switch is None:
         monkeypatch.delenv("DIFFGUIDE_CHANNELS_LAST", raising=False)

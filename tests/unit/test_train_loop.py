@@ -262,13 +262,14 @@ def test_cli_missing_data_error_comes_from_the_loader(tmp_path):
 
 
 def test_the_ema_shares_the_training_layout_on_the_fast_path(tmp_path, monkeypatch):
-    """On the fast path the network trains in channels-last memory. The EMA copy must have the same strides, or
+    """On the fast path with channels-last on, the network trains in channels-last memory. The EMA copy must have the
+    same strides, or
     torch._foreach_lerp_ leaves its multi-tensor path for one kernel per tensor (277 a step in the CIFAR training
     profile). torch.compile is a stand-in here: what is tested is the layout."""
     import diffguide.train.trainer as trainer
 
     monkeypatch.setattr(torch, "compile", lambda module, **kwargs: module)
-    monkeypatch.delenv("DIFFGUIDE_CHANNELS_LAST", raising=False)
+    monkeypatch.setenv("DIFFGUIDE_CHANNELS_LAST", "1")
     same, original = [], trainer.ema_update
 
     def record(ema, model, decay):

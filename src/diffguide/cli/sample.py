@@ -113,7 +113,7 @@ def _x0_classifier(ctx, param, value):
               help="Replace the sample run in --out: only a folder this command wrote (run.json, samples.npz, grid.png, "
                    "summary.json, shards/), never the current directory or a folder holding an input.")
 @click.option("--device", default=None, help="Device (default: cuda:$LOCAL_RANK when there is a GPU, else cpu).")
-@click.option("--eager", is_flag=True, help="Turn the GPU fast path off (compiled channels-last network; on by default "
+@click.option("--eager", is_flag=True, help="Turn the GPU fast path off (compiled network; on by default "
               "on CUDA, off on the CPU). Samples agree within bf16/fp32 rounding either way.")
 def command(out, resume, overwrite, device, softplus_beta, eager, **settings):
     """Sample a diffusion model with any guidance and sampler into ADM-format samples.npz and grid.png.

@@ -143,7 +143,7 @@ def run_options(function):
         click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), callback=_finite,
                      help="Stop after this many seconds of training (checkpoint, samples and release still written)."),
         click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bar."),
-        click.option("--eager", is_flag=True, help="Turn the GPU fast path off (torch.compile, channels-last, fused "
+        click.option("--eager", is_flag=True, help="Turn the GPU fast path off (torch.compile, fused "
                      "AdamW; on by default on CUDA, off on the CPU)."),
     ]
     for option in reversed(options):

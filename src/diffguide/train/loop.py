@@ -58,7 +58,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, dataset=None, devi
         device: default ``cuda:LOCAL_RANK`` when CUDA is available, else CPU. Under torchrun (WORLD_SIZE > 1) the
             run is data-parallel (NCCL on GPU, gloo on CPU).
         time_limit_s: stop (checkpoint, sample, release) once this much training time has passed.
-        fast: compiled network, channels-last, fused AdamW (:mod:`diffguide.accel`); default on CUDA only.
+        fast: compiled network, fused AdamW (:mod:`diffguide.accel`); default on CUDA only.
 
     Returns a summary dict: steps, first/last logged loss, steps_per_s, train_seconds, stopped_early, paths.
     """
