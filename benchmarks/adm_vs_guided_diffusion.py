@@ -17,7 +17,9 @@ kernel: float32 batched matmuls, a materialised softmax), side by side; ``--memo
 fast rows with the networks in each memory format, ``--compile-modes default,max-autotune-no-cudagraphs`` fast rows
 compiled in each torch.compile mode (each variant compiles fresh copies of the networks). A batch's fast variant
 compiles for about 4 minutes (the UNet, the ADM-G pair, the ResNet-101 pair): to fit two variants into a 10-minute
-command, time one batch a call (``--batches 16``); the JSON is written after every batch.
+command, time one batch a call (``--batches 16``). The JSON is written after every row, so a run cut short keeps what
+it finished; a variant that fails (a compile mode that cannot run a guided step, out of memory) is recorded as a row
+with its ``error`` and the run goes on.
 """
 
 from __future__ import annotations
@@ -115,7 +117,10 @@ def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, 
 
 
 def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet101: bool,
-                   qkv_layouts=("contiguous",), memory_formats=("contiguous",), compile_modes=(None,)):
+                   qkv_layouts=("contiguous",), memory_formats=("contiguous",), compile_modes=(None,),
+                   on_row=lambda rows: None):
+    """diffguide's rows at ``batch``: eager, then each fast variant (compile mode × memory format × q/k/v layout)
+    × guidance; ``on_row(rows)`` after every row. A variant that raises is a row with ``error`` (its first line)."""
     unet_kwargs = dict(NetworkConfig.from_preset("imagenet128").kwargs)
     classifier_kwargs = dict(NetworkConfig.from_preset("imagenet128-classifier").kwargs)
     with torch.device(device):
@@ -134,6 +139,11 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
     variants = ((False, qkv_layouts[0], "eager", None),
                 *((True, q, f, m) for m in compile_modes for f in memory_formats for q in qkv_layouts))
     for fast, layout_name, format_name, mode in variants:
+        code = (f"diffguide bf16 {'fast' if fast else 'eager'}" + ("" if layout_name == "contiguous" else " strided")
+                + (" channels-last" if format_name == "channels_last" else "") + (f" {mode}" if mode else ""))
+        common = dict(code=code, batch=batch, qkv_layout=layout_name, memory_format=format_name,
+                      compile_mode=(mode or "default") if fast else None)
+
         def prepare(module):  # on the fast path a compiled copy: fast_module moves a module's memory format in place
             return fast_module(copy.deepcopy(module), fast=True, mode=mode) if fast else module
 
@@ -165,15 +175,18 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
                     ddpm(denoiser, noise, labels, guidance=guidance, callback=callback)
             except _Stop:
                 pass
+            except Exception as error:  # recorded, not fatal: the other variants still run
+                rows.append(dict(common, guidance=name, error=f"{type(error).__name__}: {str(error).splitlines()[0]}"))
+                print(rows[-1], flush=True)
+                on_row(rows)
+                torch.cuda.empty_cache()
+                continue
             steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
             seconds = statistics.median(steps)
-            code = (f"diffguide bf16 {'fast' if fast else 'eager'}" + ("" if layout_name == "contiguous" else " strided")
-                    + (" channels-last" if format_name == "channels_last" else "") + (f" {mode}" if mode else ""))
-            rows.append(dict(code=code, batch=batch, guidance=name, qkv_layout=layout_name, memory_format=format_name,
-                             compile_mode=(mode or "default") if fast else None,
-                             ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250),
+            rows.append(dict(common, guidance=name, ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250),
                              warmup_s=stamps[warmup] - started))
             print(rows[-1], flush=True)
+            on_row(rows)
     return rows
 
 
@@ -183,7 +196,7 @@ def with_speedups(rows: list[dict]) -> list[dict]:
     baseline = {(r["batch"], r["guidance"]): r["images_per_s"] for r in rows if r["code"].startswith("guided")}
     for r in rows:
         base = baseline.get((r["batch"], r["guidance"]))
-        r["speedup_vs_guided_diffusion"] = r["images_per_s"] / base if base else None
+        r["speedup_vs_guided_diffusion"] = r["images_per_s"] / base if base and "error" not in r else None
     return rows
 
 
@@ -207,21 +220,31 @@ def main(argv=None) -> dict:
     torch.backends.cudnn.benchmark = True
     rows, batches = [], [int(b) for b in args.batches.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(done: int, batch_rows: list[dict]) -> dict:
+        # after every row, so that a run cut short (a 10-minute command) keeps what it finished
+        result = dict(benchmark="adm128_vs_guided_diffusion", device_name=torch.cuda.get_device_name(device),
+                      torch=torch.__version__, steps=250, warmup=args.warmup, measure=args.measure,
+                      batches_done=batches[:done], batches_left=batches[done:],
+                      rows=with_speedups(rows + batch_rows))
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        return result
+
     for done, batch in enumerate(batches, 1):
         gd_rows, states = guided_diffusion_rows(args.guided_diffusion, batch, args.warmup, args.measure, device)
         rows += gd_rows
+        write(done - 1, [])
         rows += diffguide_rows(states, batch, args.warmup, args.measure, device, resnet101=batch == 64,
                                qkv_layouts=args.qkv_layouts, memory_formats=args.memory_formats,
-                               compile_modes=args.compile_modes)
+                               compile_modes=args.compile_modes, on_row=lambda batch_rows: write(done - 1, batch_rows))
         torch.cuda.empty_cache()
-        # after every batch, so that a run cut short (a 10-minute command) keeps the batches it finished
-        result = dict(benchmark="adm128_vs_guided_diffusion", device_name=torch.cuda.get_device_name(device),
-                      torch=torch.__version__, steps=250, warmup=args.warmup, measure=args.measure,
-                      batches_done=batches[:done], batches_left=batches[done:], rows=with_speedups(rows))
-        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        result = write(done, [])
     print(f"\nADM-128, 250 steps, {result['device_name']}, torch {torch.__version__}")
     print(f"{'code':<64} {'batch':>5} {'guidance':<18} {'ms/step':>9} {'img/s':>7} {'vs GD':>6} {'warm-up s':>9}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['code']:<64} {r['batch']:>5} {r['guidance']:<18} failed: {r['error']}")
+            continue
         speed = f"{r['speedup_vs_guided_diffusion']:.2f}" if r["speedup_vs_guided_diffusion"] else "-"
         print(f"{r['code']:<64} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
               f"{r['images_per_s']:>7.3f} {speed:>6} {r['warmup_s']:>9.1f}")
