@@ -182,8 +182,8 @@ class _Run:
         # the forward/backward of training (checkpoints hold self.model's weights). One process: CUDA graphs too — the
         # 17M CIFAR net at batch 128 is launch-bound (2.25x, docs/performance.md); under DDP plain compilation.
         self.net = fast_module(net, fast=self.fast, mode="reduce-overhead" if world == 1 else None)
-        # copied after fast_module, so the EMA shares the model's memory layout (channels-last where it is switched on) and
-        # torch._foreach_lerp_ takes its multi-tensor path (with another layout it launches a kernel per tensor)
+        # copied after fast_module, so the EMA shares the model's memory layout (channels-last where that is switched
+        # on) and torch._foreach_lerp_ takes its multi-tensor path (with another layout it launches a kernel per tensor)
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.optim.ema_decay > 0 else None
         optim = config.optim
         self.optimizer = fused_adamw([p for p in self.model.parameters() if p.requires_grad], fast=self.fast,
