@@ -2,7 +2,8 @@
 
 guided-diffusion runs from the checkout you pass (``--guided-diffusion``, a clone of openai/guided-diffusion; nothing
 of it is copied here) with its fp16 path (``convert_to_fp16``), as its ``classifier_sample.py`` does. diffguide loads
-the SAME random weights (guided-diffusion's state dicts) into its own ``UNetModel`` / ``EncoderUNetModel`` and runs
+the SAME random weights (guided-diffusion's state dicts, its zero-initialised layers drawn at random too:
+:func:`random_output_layers`) into its own ``UNetModel`` / ``EncoderUNetModel`` and runs
 bf16 autocast, eager and on the fast path (:mod:`diffguide.accel`). 250 respaced steps; the median of ``--measure``
 timed steps after ``--warmup`` (compilation happens in the warm-up and is reported apart).
 
@@ -20,6 +21,16 @@ compiles for about 4 minutes (the UNet, the ADM-G pair, the ResNet-101 pair): to
 command, time one batch a call (``--batches 16``). The JSON is written after every row, so a run cut short keeps what
 it finished; a variant that fails (a compile mode that cannot run a guided step, out of memory) is recorded as a row
 with its ``error`` and the run goes on.
+
+Every diffguide row also checks what it computed: after the timing, the same networks and guidance run the last
+``CHECK_STEPS`` steps of the 250-step grid (t ≤ 28, where x̂0 ≈ x_t: high-noise steps would amplify ε̂'s rounding
+by 1/sqrt(ᾱ) into an x̂0 that clipping then hides) from fresh noise at the row's batch, and the first
+``CHECK_SAMPLES`` samples are compared with the same run in exact fp32 (eager, no autocast, TF32 off; per-sample
+seeds make those samples the same whatever the batch). Bound: eager bf16 and a fast variant both approximate that
+fp32 run within bf16 rounding (a compiled kernel keeps fp32 inside a fusion, so it rounds to bf16 at most as often
+as eager does); a fast row passes when its error is at most ``CHECK_SLACK`` (2) times eager bf16's. A variant that
+computes another function (a wrong attention layout, CUDA graphs handing back an overwritten buffer) lands far
+outside it: scaling the UNet's output convolution by 1.05 fails it (a CPU check of this script with tiny networks).
 """
 
 from __future__ import annotations
@@ -35,11 +46,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from diffguide import ClassifierGuidance, Guidance, SeededNoise, ddpm
 from diffguide.accel import fast_module
 from diffguide.checkpoints import NetworkConfig
 from diffguide.io import atomic_write_text
+from diffguide.metrics.inception import full_fp32
 from diffguide.nets import EncoderUNetModel, UNetModel
 from common import (add_compile_modes_argument, add_memory_formats_argument, add_qkv_layouts_argument,  # (on sys.path)
                     layout, memory_format)
@@ -53,8 +66,18 @@ CLASSIFIER128 = dict(image_size=128, classifier_use_fp16=True, classifier_width=
                      classifier_resblock_updown=True, classifier_pool="attention")
 
 
+CHECK_SAMPLES = 8
+CHECK_STEPS = 8
+CHECK_SLACK = 2.0
+
+
 class _Stop(Exception):
     pass
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b|."""
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
 def _median_step(step_once, warmup: int, measure: int) -> tuple[float, float]:
@@ -71,14 +94,24 @@ def _median_step(step_once, warmup: int, measure: int) -> tuple[float, float]:
     return statistics.median(times), warm
 
 
+def random_output_layers(net: nn.Module) -> nn.Module:
+    """``net`` with its zero-initialised layers (guided-diffusion zeroes every residual branch's and the output's last
+    convolution; a trained network's are not zero) given PyTorch's default random init: the same cost, but the network
+    now computes a function of its input, which the x̂0 check needs (with zero layers ε̂ ≡ 0 whatever the code)."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and not module.weight.any():
+            module.reset_parameters()
+    return net
+
+
 def guided_diffusion_rows(gd_path: Path, batch: int, warmup: int, measure: int, device):
     """guided-diffusion's p_sample at batch ``batch``, unguided and with its cond_fn; returns rows and state dicts."""
     sys.path.insert(0, str(gd_path))
     from guided_diffusion.script_util import create_classifier, create_gaussian_diffusion, create_model
 
     torch.manual_seed(0)
-    model = create_model(**ADM128).to(device)
-    classifier = create_classifier(**CLASSIFIER128).to(device)
+    model = random_output_layers(create_model(**ADM128)).to(device)
+    classifier = random_output_layers(create_classifier(**CLASSIFIER128)).to(device)
     states = {k: v.detach().clone() for k, v in model.state_dict().items()}, \
         {k: v.detach().clone() for k, v in classifier.state_dict().items()}
     model.convert_to_fp16()
@@ -135,7 +168,7 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
         guides["ResNet-101 on x0"] = ("x0", torchvision_classifier("resnet101", weights=None, device=device)
                                       .with_preprocess(size=None))
     config = NetworkConfig(kind="UNetModel", kwargs=unet_kwargs, schedule="linear", learn_sigma=True)
-    rows = []
+    rows, reference = [], {}
     variants = ((False, qkv_layouts[0], "eager", None),
                 *((True, q, f, m) for m in compile_modes for f in memory_formats for q in qkv_layouts))
     for fast, layout_name, format_name, mode in variants:
@@ -152,13 +185,7 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
             prepared = {name: guide and (guide[0], prepare(guide[1])) for name, guide in guides.items()}
         denoiser = config.denoiser(net, "250")
         for name, guide in prepared.items():
-            guidance = None
-            if guide is not None:
-                on, module = guide
-                # ADM's condition_mean for ADM-G (the computation guided-diffusion runs); the score shift on x̂0
-                # on the fast path the guide is compiled too, as diffguide.api.sample does
-                guidance = Guidance(classifier=ClassifierGuidance(module, on=on, scale=1.0),
-                                    rule="mean" if on == "x_t" else "score")
+            guidance = row_guidance(guide)  # on the fast path the guide is compiled, as diffguide.api.sample does
             noise = SeededNoise(0, range(batch), (3, 128, 128), device=device)
             labels = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(0)).to(device)
             stamps = []
@@ -172,9 +199,16 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
             started = time.perf_counter()
             try:
                 with torch.autocast("cuda", dtype=torch.bfloat16), layout(layout_name):
-                    ddpm(denoiser, noise, labels, guidance=guidance, callback=callback)
-            except _Stop:
-                pass
+                    try:
+                        ddpm(denoiser, noise, labels, guidance=guidance, callback=callback)
+                    except _Stop:
+                        pass
+                    checked = check_samples(denoiser, guidance, labels, batch, device)
+                if not fast:  # the exact fp32 run, and eager bf16's distance to it
+                    with full_fp32(), layout(layout_name):
+                        exact = check_samples(config.denoiser(unet, "250"), row_guidance(guides[name]), labels,
+                                              min(batch, CHECK_SAMPLES), device)
+                    reference[name] = exact, relative_error(checked, exact)
             except Exception as error:  # recorded, not fatal: the other variants still run
                 rows.append(dict(common, guidance=name, error=f"{type(error).__name__}: {str(error).splitlines()[0]}"))
                 print(rows[-1], flush=True)
@@ -183,11 +217,34 @@ def diffguide_rows(states, batch: int, warmup: int, measure: int, device, resnet
                 continue
             steps = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1:])]
             seconds = statistics.median(steps)
+            check = {}
+            if name in reference:  # (not when the eager row failed)
+                exact, eager_error = reference[name]
+                error = relative_error(checked, exact)
+                check = dict(check_error_vs_fp32=error, eager_bf16_check_error_vs_fp32=eager_error,
+                             check_passed=error <= CHECK_SLACK * eager_error if fast else None)
             rows.append(dict(common, guidance=name, ms_per_step=seconds * 1e3, images_per_s=batch / (seconds * 250),
-                             warmup_s=stamps[warmup] - started))
+                             warmup_s=stamps[warmup] - started, **check))
             print(rows[-1], flush=True)
             on_row(rows)
     return rows
+
+
+def row_guidance(guide) -> Guidance | None:
+    """The row's guidance from ``guide`` ((on, classifier) or None): ADM's condition_mean for ADM-G on x_t (the
+    computation guided-diffusion runs), the score shift on x̂0."""
+    if guide is None:
+        return None
+    on, module = guide
+    return Guidance(classifier=ClassifierGuidance(module, on=on, scale=1.0), rule="mean" if on == "x_t" else "score")
+
+
+def check_samples(denoiser, guidance, labels: torch.Tensor, n: int, device) -> torch.Tensor:
+    """The first CHECK_SAMPLES samples of a run of the last CHECK_STEPS steps of ``denoiser``'s grid from fresh noise
+    (seed 1) at batch ``n`` (the timed batch for a compiled network, which keeps its shape; fewer for the fp32 run)."""
+    tail = sorted(int(t) for t in denoiser.schedule.timesteps)[:CHECK_STEPS]
+    noise = SeededNoise(1, range(n), (3, 128, 128), device=device)
+    return ddpm(denoiser, noise, labels[:n], guidance=guidance, steps=tail).samples[:CHECK_SAMPLES].float()
 
 
 def with_speedups(rows: list[dict]) -> list[dict]:
@@ -246,8 +303,10 @@ def main(argv=None) -> dict:
             print(f"{r['code']:<64} {r['batch']:>5} {r['guidance']:<18} failed: {r['error']}")
             continue
         speed = f"{r['speedup_vs_guided_diffusion']:.2f}" if r["speedup_vs_guided_diffusion"] else "-"
+        check = ("" if "check_error_vs_fp32" not in r else f"  vs fp32 {r['check_error_vs_fp32']:.2g}"
+                 + {True: " ok", False: " OUTSIDE THE BOUND", None: ""}[r["check_passed"]])
         print(f"{r['code']:<64} {r['batch']:>5} {r['guidance']:<18} {r['ms_per_step']:>9.1f} "
-              f"{r['images_per_s']:>7.3f} {speed:>6} {r['warmup_s']:>9.1f}")
+              f"{r['images_per_s']:>7.3f} {speed:>6} {r['warmup_s']:>9.1f}{check}")
     return result
 
 
