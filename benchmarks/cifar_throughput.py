@@ -4,7 +4,8 @@
   uint8 images of CIFAR's shape, so no data set is needed), steps/s and images/s over the logged intervals after the
   first (which holds compilation), at batch 128 and ``--big-batch``.
 - sample: that model (its weights from ``--model`` when given, else random), DDIM-50, CFG w = 1 with the learned null
-  label, ``--num-samples`` images; images/s after a warm-up batch, and the warm-up (compile) time separately.
+  label, ``--num-samples`` images; images/s after a warm-up batch, and the warm-up (compile) time separately; each
+  row's first images checked against exact fp32 (``CHECK_SAMPLES``: a fast row passes within 2x eager bf16's error).
 - fid: the FID Inception network (``--inception``) on ``--num-images`` random 32x32 images, exact fp32 (TF32 off).
 
     python benchmarks/cifar_throughput.py --model ../shared/assets/diffusion/cifar10-cond-17m-v0 \
@@ -37,6 +38,7 @@ from diffguide.accel import fast_module
 from diffguide.checkpoints import load_network
 from diffguide.guidance import ClassifierFree, Guidance
 from diffguide.io import atomic_write_text
+from diffguide.metrics.inception import full_fp32
 from diffguide.sampling import generate
 from diffguide.studies.cifar10.aligned_plan import ARMS
 from diffguide.train import TrainConfig, train
@@ -84,28 +86,65 @@ def bench_train(model_dir: Path, out: Path, *, batch: int, steps: int, interval:
                 first_interval_s=interval / records[0]["steps_per_s"], wall_s=wall, loss=config.loss.kind)
 
 
-def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: bool, device,
-                 compile_mode: str | None = None) -> dict:
-    """Images/s of DDIM-50 with CFG w = 1 (one batched [cond, null] forward per step); ``compile_mode``: the fast
-    path's ``torch.compile`` mode (None: its default)."""
+CHECK_SAMPLES = 8
+CHECK_SLACK = 2.0
+"""Each sampling row's first CHECK_SAMPLES images are compared with the same images sampled in exact fp32 (eager, no
+autocast, TF32 off; per-sample seeds make them the same whatever the batch), as the mean absolute difference in
+uint8 levels. Eager bf16 and the fast path both approximate that fp32 run within bf16 rounding (a compiled kernel
+keeps fp32 inside a fusion, so it rounds at most as often as eager); a fast row passes within CHECK_SLACK times
+eager bf16's difference. A fast path that computed another function (a wrong attention layout, an overwritten CUDA
+graph buffer) differs far more: on the CPU, the base model's eager bf16 lands 0.93 levels from fp32 and the same
+model with its output convolution scaled by 1.05 lands 18.1 levels (8 images, 2026-12-04)."""
+
+
+def cfg_sampler(model_dir: Path | None, *, batch: int, fast: bool, device, compile_mode: str | None = None,
+                bf16: bool = True):
+    """``run(num_samples, seed)``: DDIM-50 with CFG w = 1 (one batched [cond, null] forward per step) of the model,
+    labels k mod 10, at ``batch``; ``compile_mode``: the fast path's ``torch.compile`` mode (None: its default)."""
     net, config = load_network(model_dir, device=device)
     net = fast_module(net.eval().requires_grad_(False), fast=fast, mode=compile_mode)
-    null = config.extra["null_label"]
     denoiser = config.denoiser(net, "ddim50")
-    guidance = Guidance(cfg=ClassifierFree(w=1.0, null_label=null))
-    kwargs = dict(image_shape=(3, 32, 32), guidance=guidance, sampler="ddim", batch_size=batch, bf16=True,
+    guidance = Guidance(cfg=ClassifierFree(w=1.0, null_label=config.extra["null_label"]))
+    kwargs = dict(image_shape=(3, 32, 32), guidance=guidance, sampler="ddim", batch_size=batch, bf16=bf16,
                   progress=False, device=str(device))
-    labels = np.arange(num_samples) % 10
+
+    def run(num_samples: int, seed: int) -> np.ndarray:
+        return generate(denoiser, num_samples=num_samples, labels=np.arange(num_samples) % 10, seed=seed,
+                        **kwargs).images
+    return run
+
+
+def bench_sample(model_dir: Path | None, *, num_samples: int, batch: int, fast: bool, device,
+                 compile_mode: str | None = None) -> tuple[dict, np.ndarray]:
+    """(row: images/s of :func:`cfg_sampler`'s run after a warm-up batch, which holds compilation; its first
+    CHECK_SAMPLES images)."""
+    run = cfg_sampler(model_dir, batch=batch, fast=fast, device=device, compile_mode=compile_mode)
     started = time.perf_counter()
-    generate(denoiser, num_samples=batch, labels=labels[:batch], seed=1, **kwargs)  # warm-up: compilation
+    run(batch, seed=1)  # warm-up: compilation
     _sync(device)
     warmup = time.perf_counter() - started
     started = time.perf_counter()
-    generate(denoiser, num_samples=num_samples, labels=labels, seed=0, **kwargs)
+    images = run(num_samples, seed=0)
     _sync(device)
     seconds = time.perf_counter() - started
     return dict(section="sample", fast=fast, batch=batch, num_samples=num_samples, images_per_s=num_samples / seconds,
-                seconds=seconds, warmup_s=warmup, compile_mode=(compile_mode or "default") if fast else None)
+                seconds=seconds, warmup_s=warmup, compile_mode=(compile_mode or "default") if fast else None), \
+        images[:CHECK_SAMPLES]
+
+
+def mean_abs_levels(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean |a − b| of two uint8 image arrays, in levels."""
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def sample_reference(model_dir: Path | None, device, num_samples: int) -> tuple[np.ndarray, float]:
+    """(the first CHECK_SAMPLES images of the timed runs in exact fp32, eager bf16's :func:`mean_abs_levels` to
+    them), both sampled eager at batch CHECK_SAMPLES."""
+    n = min(CHECK_SAMPLES, num_samples)
+    with full_fp32():
+        exact = cfg_sampler(model_dir, batch=n, fast=False, device=device, bf16=False)(n, seed=0)
+    eager = cfg_sampler(model_dir, batch=n, fast=False, device=device)(n, seed=0)
+    return exact, mean_abs_levels(eager, exact)
 
 
 class _ChannelsLast(torch.nn.Module):
@@ -217,12 +256,17 @@ def main(argv=None) -> dict:
         variants = ((256 if not args.tiny else 4, False, None, first, fmt), (args.sample_batch, False, None, first, fmt),
                     *((args.sample_batch, True, mode, name, f) for mode in args.compile_modes
                       for f in args.memory_formats for name in args.qkv_layouts))
+        model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
+        with layout(first):
+            exact, eager_levels = sample_reference(model, device, args.num_samples)
         for batch, fast, mode, layout_name, format_name in (v for v in variants if v[1] or not args.fast_only):
-            model = scratch / "train-0" / "model" if args.tiny else args.model  # --tiny: the tiny net just trained
             with layout(layout_name), memory_format(format_name):
-                rows.append(bench_sample(model, num_samples=args.num_samples, batch=batch,
-                                         fast=fast and device.type == "cuda", device=device, compile_mode=mode))
-            rows[-1].update(qkv_layout=layout_name, memory_format=format_name if rows[-1]["fast"] else "eager")
+                row, images = bench_sample(model, num_samples=args.num_samples, batch=batch,
+                                           fast=fast and device.type == "cuda", device=device, compile_mode=mode)
+            levels = mean_abs_levels(images, exact)
+            rows.append(dict(row, qkv_layout=layout_name, memory_format=format_name if row["fast"] else "eager",
+                             check_levels_vs_fp32=levels, eager_bf16_check_levels_vs_fp32=eager_levels,
+                             check_passed=levels <= CHECK_SLACK * eager_levels if row["fast"] else None))
             print(rows[-1], flush=True)
     if "fid" in sections and args.inception:
         variants = (((64, False, False), (64, True, False), (250, True, False), (500, True, False), (250, True, True),
@@ -240,7 +284,9 @@ def main(argv=None) -> dict:
                           f", {r['qkv_layout']} q/k/v, {r['memory_format']}, {r['loss']} loss",
                  "sample": lambda: f"{r['num_samples']} images in {r['seconds']:.1f} s, warm-up {r['warmup_s']:.0f} s"
                                    + (f", compile mode {r['compile_mode']}" if r.get("compile_mode") else "")
-                                   + f", {r['qkv_layout']} q/k/v, {r['memory_format']}",
+                                   + f", {r['qkv_layout']} q/k/v, {r['memory_format']}, {r['check_levels_vs_fp32']:.2f}"
+                                   " levels from fp32" + {True: " (ok)", False: " (OUTSIDE THE BOUND)", None: ""}[
+                                       r["check_passed"]],
                  "fid": lambda: f"{r['num_images']} images" + (", channels-last, features within "
                                   f"{r['max_abs_feature_change_vs_default_layout']:.2g} of the default layout"
                                   if r.get("channels_last") else "")}[r["section"]]()
