@@ -45,6 +45,25 @@ def add_qkv_layouts_argument(parser: argparse.ArgumentParser, default: str = "co
                              f"[default: {default or 'none'}]")
 
 
+CHECK_SAMPLES = 8
+CHECK_SLACK = 2.0
+"""The samplers' check against exact fp32 (adm_vs_guided_diffusion.py, cifar_throughput.py): a row's first
+CHECK_SAMPLES samples against the same samples in exact fp32 (eager, no autocast, TF32 off; per-sample seeds make
+them the same whatever the batch). Eager bf16 and a fast variant both approximate that fp32 run within bf16 rounding
+(a compiled kernel keeps fp32 inside a fusion, so it rounds to bf16 at most as often as eager does): a fast row
+passes when its difference is at most CHECK_SLACK times eager bf16's."""
+
+CHECK_WORDS = {True: "ok", False: "OUTSIDE THE BOUND", None: ""}
+"""How a table prints a row's ``check_passed``."""
+
+
+def check_fields(difference: float, eager_difference: float, fast: bool, measure: str) -> dict:
+    """A row's check: its ``difference`` from exact fp32 (``check_{measure}_vs_fp32``), eager bf16's, and whether a
+    fast row is within CHECK_SLACK times eager's (None for an eager row)."""
+    return {f"check_{measure}_vs_fp32": difference, f"eager_bf16_check_{measure}_vs_fp32": eager_difference,
+            "check_passed": difference <= CHECK_SLACK * eager_difference if fast else None}
+
+
 def layout(name: str):
     """The context in which networks run attention with the layout ``name`` (:data:`QKV_LAYOUTS`)."""
     return qkv_layout(QKV_LAYOUTS[name])
